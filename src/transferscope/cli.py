@@ -1,0 +1,141 @@
+"""The ``transferscope`` command. Nothing below this module sees a CLI argument: each command
+turns its options into a :class:`StudyConfig` or a path and calls the library."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import typer
+
+from transferscope.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure how transferable a network's features are, layer by layer (Yosinski et al. 2014).")
+F = TypeVar("F", bound=Callable)
+
+
+def _user_errors(fn: F) -> F:
+    """A user's mistake ends the command with one line on stderr and exit code 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            typer.echo(f"transferscope: error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _default_output(study_file: Path | None) -> Path:
+    return Path("results") / (study_file.stem if study_file else "default")
+
+
+@app.command()
+@_user_errors
+def run(
+    study_file: Annotated[Optional[Path], typer.Argument(help="Study TOML file; the default digits study when omitted.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a key, e.g. --set train.epochs=10 (repeatable).")] = [],  # noqa: B006
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Results directory [default: results/<study name>].")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every run and what it depends on) and stop.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run (or resume) a study: split the classes, train the base networks, every treatment at
+    every cut point, then write the report."""
+    from transferscope.config import load_config
+    from transferscope.study import Study, run_study
+
+    config = load_config(study_file, set_)
+    out = output or _default_output(study_file)
+    if dry_run:
+        study = Study.prepare(config)
+        typer.echo(study.describe())
+        for spec in study.plan:
+            typer.echo(f"{spec.key:<22} {spec.role:<10} n={spec.n}  target {spec.target}  "
+                       f"needs {spec.depends_on or '-'}")
+        roles = Counter(s.role for s in study.plan)
+        typer.echo(f"{len(study.plan)} runs ({', '.join(f'{v} {k}' for k, v in roles.items())}), "
+                   f"{config.train.epochs} epochs each, results in {out}")
+        return
+    result = run_study(config, out, progress=not quiet)
+    bad = result.failed
+    if len(bad):
+        typer.echo(f"{len(bad)} run(s) did not finish: " + ", ".join(f"{k} ({s})" for k, s in zip(bad["key"], bad["status"])), err=True)
+    if (bad["status"] == "failed").any():
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def status(directory: Annotated[Path, typer.Argument(help="A study's results directory.")]) -> None:
+    """Done, pending and failed runs of a study."""
+    from transferscope.store import Store
+    from transferscope.study import Study
+
+    store = Store(directory)
+    study = Study.prepare(store.load_config())
+    recorded = {r["key"]: r for r in store.records()}
+    counts = Counter(recorded[s.key]["status"] if s.key in recorded else "pending" for s in study.plan)
+    typer.echo(f"{directory}: {len(study.plan)} runs: " + ", ".join(
+        f"{counts[k]} {k}" for k in ("done", "pending", "diverged", "failed", "skipped") if counts[k]))
+    for s in study.plan:
+        r = recorded.get(s.key)
+        if r is not None and r["status"] != "done":
+            typer.echo(f"  {s.key}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
+                       + (f" at epoch {r['diverged_epoch']}" if r.get("diverged_epoch") else ""))
+
+
+@app.command()
+@_user_errors
+def export(
+    directory: Annotated[Path, typer.Argument(help="A study's results directory.")],
+    format: Annotated[str, typer.Option("--format", help="Output format: csv.")] = "csv",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output file [default: DIR/runs.csv].")] = None,
+) -> None:
+    """One row per run (load it in Python with transferscope.load_results(DIR))."""
+    from transferscope import load_results
+
+    if format != "csv":
+        raise UserError(f"--format: unknown format {format!r}; allowed: csv")
+    frame = load_results(str(directory))
+    path = out or directory / "runs.csv"
+    frame.to_csv(path, index=False)
+    typer.echo(f"{len(frame)} runs -> {path}")
+
+
+@app.command()
+@_user_errors
+def report(directory: Annotated[Path, typer.Argument(help="A study's results directory.")]) -> None:
+    """(Re)write the report of a study from its recorded runs."""
+    from transferscope.store import Store
+    from transferscope.study import write_study_report
+
+    typer.echo(f"report: {write_study_report(Store(directory))}")
+
+
+@app.command()
+def datasets() -> None:
+    """The registered datasets."""
+    from transferscope.data import list_datasets
+
+    for name, desc in list_datasets().items():
+        typer.echo(f"{name:<16} {desc}")
+
+
+@app.command()
+def models() -> None:
+    """The registered architectures and their options."""
+    from transferscope.models import list_models, model_options
+
+    for name, desc in list_models().items():
+        typer.echo(f"{name:<16} {desc}\n{'':<16} options: {model_options(name)}")
+
+
+def main() -> None:
+    sys.exit(app())

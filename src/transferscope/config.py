@@ -1,0 +1,245 @@
+"""The study as a typed, frozen configuration.
+
+A study is written as a TOML file whose tables mirror the classes below ([data], [split], [model],
+[treatments], [train], [eval]). Every field has a default, so an empty file (or none) is the
+default study on the bundled digits data. Unknown keys and wrong types are errors that name the
+key; ``--set key=value`` overrides any field by its dotted path.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from transferscope.errors import UserError
+
+#: Treatments as the paper names them for target task B. With ``targets`` including "A", each is
+#: mirrored (BnB -> AnA, AnB -> BnA, random -> randomA).
+TREATMENTS = ("base", "BnB", "BnB+", "AnB", "AnB+", "random")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataConfig(_Section):
+    """Which dataset, and how each task's classes are divided into train/val/test images."""
+
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must be below 0.9 to leave training images")
+        return self
+
+
+class SplitConfig(_Section):
+    """How the dataset's classes become the two tasks A and B.
+
+    - ``random``: a seeded random partition (replicate r uses seed ``seed + r``); ``sizes`` gives
+      ``[|A|, |B|]`` (default: half and half, A gets the odd class).
+    - ``file``: a TOML or JSON file with ``A = [...]`` and ``B = [...]`` (class names or indices).
+    - ``groups``: ``groups_file`` maps class -> group (or the dataset's own groups are used);
+      ``a_groups`` / ``b_groups`` name the groups of each task.
+    """
+
+    kind: Literal["random", "file", "groups"] = "random"
+    seed: int = 0
+    sizes: tuple[int, int] | None = None
+    file: str | None = None
+    groups_file: str | None = None
+    a_groups: tuple[str, ...] = ()
+    b_groups: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _kind_has_its_fields(self) -> SplitConfig:
+        if self.kind == "file" and not self.file:
+            raise ValueError("split.kind = 'file' needs split.file (a TOML/JSON file with A and B)")
+        if self.kind == "groups" and not (self.a_groups and self.b_groups):
+            raise ValueError("split.kind = 'groups' needs non-empty split.a_groups and split.b_groups")
+        return self
+
+
+class ModelConfig(_Section):
+    """The architecture, by registry name, and its keyword options."""
+
+    arch: str = "convnet"
+    options: dict[str, Any] = Field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class TreatmentConfig(_Section):
+    """Which treatments, at which cut points, in which directions, how many replicates."""
+
+    names: tuple[Literal["base", "BnB", "BnB+", "AnB", "AnB+", "random"], ...] = TREATMENTS
+    cut_points: tuple[int, ...] | Literal["all"] = "all"
+    targets: tuple[Literal["A", "B"], ...] = ("B", "A")
+    replicates: int = Field(3, ge=1)
+
+    @field_validator("cut_points", mode="before")
+    @classmethod
+    def _all_or_layers(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "all":
+            raise ValueError("expected \"all\" or a list of layer numbers such as [1, 2, 3]")
+        return v
+
+    @field_validator("names", "targets")
+    @classmethod
+    def _not_empty(cls, v: tuple) -> tuple:
+        if not v:
+            raise ValueError("must not be empty")
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat an entry")
+        return v
+
+
+class TrainConfig(_Section):
+    """One recipe for every run (as in the paper): SGD with momentum and weight decay."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    step_epochs: int = Field(10, ge=1)
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    augment: bool = True
+    #: learning-rate multiplier for copied layers in fine-tuned treatments (paper: 1.0)
+    finetune_lr_scale: float = Field(1.0, ge=0)
+    threads: int = Field(1, ge=1)
+
+
+class EvalConfig(_Section):
+    """What is measured. The headline is the test top-1 of the final model, evaluated once."""
+
+    best_k: int = Field(5, ge=1)
+    batch_size: int = Field(512, ge=1)
+
+
+class StudyConfig(_Section):
+    """The whole study. ``seed`` roots every random stream (init, data order, augmentation)."""
+
+    name: str = "study"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    treatments: TreatmentConfig = TreatmentConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    """One line per wrong key: ``source: train.epochs: Input should be a valid integer (got 'x')``."""
+    found: dict[str, str] = {}
+    for e in err.errors():
+        # drop pydantic's union-member tags such as "tuple[int, ...]" from the key path
+        loc = ".".join(str(p) for p in e["loc"] if not any(c in str(p) for c in "[']"))
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        value = e.get("input")
+        if e["type"] not in ("extra_forbidden", "missing") and not isinstance(value, dict):
+            msg += f" (got {value!r})"
+        found.setdefault(loc or "study", msg)
+    # a union reports its field once per member: keep the most specific location
+    keys = [k for k in found if not any(o.startswith(k + ".") for o in found)]
+    return "\n".join(f"{source}: {k}: {found[k]}" for k in keys)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {dotted}: '{p}' is a value, not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as TOML (``3``, ``0.1``, ``true``, ``[1, 2]``), or as a
+    plain string when it is not valid TOML (``data.dataset=digits``)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set {item!r}: expected key=value, e.g. train.epochs=10")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def _tuples_to_lists(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _tuples_to_lists(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_tuples_to_lists(v) for v in tree]
+    return tree
+
+
+def _lists_to_tuples(tree: Any) -> Any:
+    # TOML arrays arrive as lists; the frozen config stores tuples (strict mode wants the type)
+    if isinstance(tree, dict):
+        return {k: _lists_to_tuples(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return tuple(_lists_to_tuples(v) for v in tree)
+    return tree
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "configuration") -> StudyConfig:
+    tree = dict(tree)
+    options = tree.get("model", {}).get("options") if isinstance(tree.get("model"), dict) else None
+    converted = _lists_to_tuples(tree)
+    if options is not None:  # architecture options stay as written (lists are fine there)
+        converted["model"] = {**converted["model"], "options": options}
+    try:
+        return StudyConfig.model_validate(converted)
+    except ValidationError as err:
+        raise UserError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Read a study file (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise UserError(f"{path}: study file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot read study file ({e})") from None
+        try:
+            tree = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: invalid TOML: {e}") from None
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    if overrides:
+        source = f"{source} with --set"
+    return config_from_dict(tree, source)
+
+
+def dump_toml(config: StudyConfig) -> str:
+    """The resolved configuration as TOML (saved beside the results)."""
+    return tomli_w.dumps(_tuples_to_lists(config.to_dict()))

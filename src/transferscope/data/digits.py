@@ -1,0 +1,24 @@
+"""UCI optical digits, bundled with scikit-learn: the default data, present on every machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from transferscope.data.registry import ImageData, register_dataset
+
+
+@register_dataset("digits", "UCI optical digits from scikit-learn: 10 classes, 1,797 8x8 grey images (bundled)")
+def load_digits(root: Path | None = None, download: bool = False) -> ImageData:
+    from sklearn.datasets import load_digits as sk_load
+
+    bunch = sk_load()
+    # pixel values are counts 0..16 of an 8x8 block: scale to the uint8 range
+    x = torch.from_numpy(bunch.images).mul_(255.0 / 16.0).round_().clamp_(0, 255).to(torch.uint8)
+    return ImageData(
+        x=x.unsqueeze(1).contiguous(),
+        y=torch.from_numpy(bunch.target).long(),
+        class_names=tuple(str(c) for c in bunch.target_names),
+        name="digits",
+    )

@@ -1,0 +1,56 @@
+"""The one definition of "layer n": a network as an ordered list of blocks.
+
+Block i (1-based) is layer i as the paper counts it: a weight layer together with the ReLU,
+pooling and normalisation that follow it. The last block is the classifier, so a network of L
+blocks has cut points n = 1..L-1. Every architecture in the registry is built as a :class:`CutNet`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class CutNet(nn.Module):
+    def __init__(self, blocks: Sequence[nn.Module], names: Sequence[str] | None = None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.block_names = tuple(names) if names is not None else tuple(f"layer{i + 1}" for i in range(len(blocks)))
+        if len(self.block_names) != len(self.blocks):
+            raise ValueError(f"{len(self.block_names)} names for {len(self.blocks)} blocks")
+        #: blocks[:num_frozen] are frozen: no gradients, and always in eval mode (see train()).
+        self.num_frozen = 0
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def cut_points(self) -> range:
+        return range(1, self.num_layers)
+
+    def train(self, mode: bool = True) -> CutNet:
+        """Frozen blocks stay in eval mode whatever the caller asks: their BatchNorm keeps its
+        running statistics and their dropout stays off for the whole run."""
+        super().train(mode)
+        for block in self.blocks[: self.num_frozen]:
+            block.eval()
+        return self
+
+    def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for block in self.blocks[:n]:
+            x = block(x)
+        return x
+
+    def forward_suffix(self, h: torch.Tensor, n: int) -> torch.Tensor:
+        for block in self.blocks[n:]:
+            h = block(h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_frozen:
+            with torch.no_grad():  # nothing below the frozen prefix needs a gradient
+                x = self.forward_prefix(x, self.num_frozen)
+        return self.forward_suffix(x, self.num_frozen)

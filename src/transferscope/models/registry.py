@@ -1,0 +1,64 @@
+"""One registry and one factory for architectures (in the manner of timm's ``create_model``).
+
+A builder takes ``num_classes``, ``image_shape`` (C, H, W) and its own keyword options, and returns
+a :class:`CutNet`. :func:`create_model` seeds the initialiser, so the same ``init_seed`` gives the
+same weights on any machine.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from transferscope.errors import UserError
+from transferscope.models.cutnet import CutNet
+
+Builder = Callable[..., CutNet]
+_MODELS: dict[str, tuple[Builder, str]] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = (fn, description)
+        return fn
+
+    return deco
+
+
+def list_models() -> dict[str, str]:
+    return {k: d for k, (_, d) in sorted(_MODELS.items())}
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The builder's keyword options with their defaults."""
+    builder = _builder(name)
+    params = list(inspect.signature(builder).parameters.values())[2:]
+    return {p.name: p.default for p in params}
+
+
+def _builder(name: str) -> Builder:
+    if name not in _MODELS:
+        raise UserError(f"model.arch: unknown architecture {name!r}; available: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name][0]
+
+
+def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int],
+                 options: dict[str, Any] | None = None, init_seed: int = 0) -> CutNet:
+    """Build a registered architecture with weights drawn from ``init_seed``."""
+    builder = _builder(name)
+    options = dict(options or {})
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UserError(f"model.options.{unknown[0]}: unknown option for {name!r}; allowed: {', '.join(allowed) or 'none'}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        try:
+            return builder(num_classes, image_shape, **options)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"model.options: {name!r} cannot be built with {options}: {e}") from None

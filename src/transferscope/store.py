@@ -1,0 +1,154 @@
+"""Where results are stored: one directory per study, one file per finished run.
+
+Layout of a study directory::
+
+    config.toml             the resolved configuration (a resume must match it)
+    splits.json             each replicate's class split, with class names
+    runs/<key>.json         one record per finished run (written atomically when it finishes)
+    weights/<key>.safetensors   base network weights (the sources of every transfer)
+    report/                 figures, tables and report.md
+
+Every file is written to a temporary name and renamed into place, so a process killed at any
+moment leaves either the whole file or none of it: at most the run in progress is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from transferscope.config import StudyConfig, dump_toml, load_config
+from transferscope.errors import UserError
+
+CONFIG_FILE = "config.toml"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(a.keys() | b.keys())
+                for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+class Store:
+    """A study directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- configuration ------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def load_config(self) -> StudyConfig:
+        if not self.exists():
+            raise UserError(f"{self.root}: not a transferscope study directory (no {CONFIG_FILE})")
+        return load_config(self.config_path)
+
+    def init(self, config: StudyConfig) -> None:
+        """Start a new study here, or check that the one here has the same configuration."""
+        if self.exists():
+            recorded = self.load_config()
+            diff = [k for k in _diff_keys(recorded.to_dict(), config.to_dict()) if k != "name"]
+            if diff:
+                raise UserError(f"{self.root}: holds a study with a different configuration (differs in "
+                                f"{', '.join(diff)}); use another --output, or the same configuration to resume")
+            return
+        atomic_write(self.config_path, dump_toml(config).encode())
+
+    def save_splits(self, splits: dict[int, dict[str, Any]]) -> None:
+        atomic_write(self.root / "splits.json", json.dumps({f"r{r}": s for r, s in splits.items()}, indent=2).encode())
+
+    # -- runs -------------------------------------------------------------------------------------
+    def run_path(self, key: str) -> Path:
+        return self.root / "runs" / f"{key}.json"
+
+    def is_recorded(self, key: str) -> bool:
+        return self.run_path(key).is_file()
+
+    def record(self, record: dict[str, Any]) -> None:
+        atomic_write(self.run_path(record["key"]), json.dumps(record, indent=1).encode())
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for path in sorted((self.root / "runs").glob("*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as e:
+                raise UserError(f"{path}: unreadable run record ({e}); delete it to run that network again") from None
+        return out
+
+    # -- weights ----------------------------------------------------------------------------------
+    def weights_path(self, key: str) -> Path:
+        return self.root / "weights" / f"{key}.safetensors"
+
+    def save_weights(self, key: str, state: dict[str, torch.Tensor]) -> None:
+        path = self.weights_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_weights(self, key: str) -> dict[str, torch.Tensor]:
+        path = self.weights_path(key)
+        try:
+            return load_file(path)
+        except (OSError, Exception) as e:  # safetensors raises its own error types
+            raise UserError(f"{path}: cannot read base network weights ({e}); delete {self.run_path(key)} "
+                            "to train that network again") from None
+
+    # -- tables -----------------------------------------------------------------------------------
+    def frame(self) -> pd.DataFrame:
+        """One row per recorded run: identity, status, metrics, sizes and time."""
+        return runs_frame(self.records())
+
+
+def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        rows.append({
+            "key": r["key"], "replicate": r["replicate"], "treatment": r["treatment"], "role": r["role"],
+            "target": r["target"], "source": r["source"], "n": r["n"], "status": r["status"],
+            **r.get("metrics", {}),
+            "trainable_params": r.get("trainable_params"), "total_params": r.get("total_params"),
+            "wall_time_s": r.get("wall_time_s"), "epochs_run": len(r.get("history", [])),
+            "diverged_epoch": r.get("diverged_epoch"), "error": r.get("error"),
+            "init_seed": r.get("seeds", {}).get("init"), "data_seed": r.get("seeds", {}).get("data"),
+            "split_A": " ".join(r.get("split", {}).get("A", [])), "split_B": " ".join(r.get("split", {}).get("B", [])),
+        })
+    cols = ["key", "replicate", "treatment", "role", "target", "source", "n", "status", "test_top1"]
+    frame = pd.DataFrame(rows, columns=None if rows else cols)
+    for col in ("test_top1", "val_top1", "val_best_k_mean"):
+        if col not in frame:
+            frame[col] = float("nan")
+    return frame

@@ -1,0 +1,87 @@
+"""The treatments of the study and the plan of runs they make.
+
+For target task T and the other task S, at cut point n:
+
+=========  ===========  ==========  ====================================================
+paper      role         source      network
+=========  ===========  ==========  ====================================================
+baseT      base         --          all layers trained from scratch on T
+TnT        selffer      baseT       layers 1..n copied from baseT and frozen, rest re-initialised
+TnT+       selffer+     baseT       the same, every layer fine-tuned
+SnT        transfer     baseS       layers 1..n copied from baseS and frozen, rest re-initialised
+SnT+       transfer+    baseS       the same, every layer fine-tuned
+randomT    random       --          layers 1..n keep their random initial weights, frozen
+=========  ===========  ==========  ====================================================
+
+The study file names treatments as the paper does for target B (BnB, AnB+, ...); each is run for
+every target in ``treatments.targets`` (target A mirrors the names: AnA, BnA+, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transferscope.config import StudyConfig
+
+#: study-file name -> (role, source is the target's own base?)
+ROLES = {"BnB": "selffer", "BnB+": "selffer+", "AnB": "transfer", "AnB+": "transfer+", "random": "random"}
+
+
+def other(task: str) -> str:
+    return "A" if task == "B" else "B"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One network to train. ``source`` is the task whose base network donates layers 1..n."""
+
+    key: str
+    replicate: int
+    treatment: str  # the run's own paper-style name: baseA, AnB+, BnA, randomB, ...
+    role: str  # base, selffer, selffer+, transfer, transfer+, random
+    target: str  # "A" or "B"
+    source: str | None
+    n: int  # 0 for base networks
+
+    @property
+    def frozen(self) -> int:
+        """How many leading layers stay frozen."""
+        return self.n if self.role in ("selffer", "transfer", "random") else 0
+
+    @property
+    def copied(self) -> int:
+        """How many leading layers start as a copy of the source network."""
+        return self.n if self.source is not None else 0
+
+    @property
+    def depends_on(self) -> str | None:
+        return base_key(self.replicate, self.source) if self.source else None
+
+
+def base_key(replicate: int, task: str) -> str:
+    return f"r{replicate}-base{task}"
+
+
+def _spec(replicate: int, name: str, target: str, n: int) -> RunSpec:
+    role = ROLES[name]
+    if role == "random":
+        return RunSpec(f"r{replicate}-random{target}-n{n}", replicate, f"random{target}", role, target, None, n)
+    source = target if role.startswith("selffer") else other(target)
+    plus = "+" if role.endswith("+") else ""
+    treatment = f"{source}n{target}{plus}"
+    return RunSpec(f"r{replicate}-{treatment}-n{n}", replicate, treatment, role, target, source, n)
+
+
+def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec]:
+    """Every run of the study, base networks first (transfers start from them).
+
+    Both base networks of a replicate always run: they are the sources of every copy and the
+    reference that relative accuracy is measured against."""
+    t = config.treatments
+    plan = [RunSpec(base_key(r, task), r, f"base{task}", "base", task, None, 0)
+            for r in range(t.replicates) for task in ("A", "B")]
+    for r in range(t.replicates):
+        for n in cut_points:
+            for target in t.targets:
+                plan += [_spec(r, name, target, n) for name in t.names if name != "base"]
+    return plan
