@@ -73,9 +73,17 @@ def evaluate(model: CutNet, part: Part, task: Task, batch_size: int) -> dict[str
 def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, *, copied: int,
                   data_seed: int, flip: bool = False,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Outcome:
-    """Train ``model`` in place on ``task`` and evaluate it. ``data_seed`` drives the data order
-    and the augmentation; ``copied`` says how many leading layers came from a source network."""
-    g = generator(data_seed)
+    """Train ``model`` in place on ``task`` and evaluate it. ``data_seed`` drives the data order,
+    the augmentation and dropout; ``copied`` says how many leading layers came from a source network."""
+    # modules such as Dropout draw from torch's global stream: give it this run's seed, and leave
+    # the caller's stream as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(data_seed)
+        return _train(model, task, cfg, eval_cfg, copied, generator(data_seed), flip, on_epoch)
+
+
+def _train(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, g: torch.Generator,
+           flip: bool, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
     opt = make_optimizer(model, cfg, copied)
     x, y = task.train.x, task.train.y
     n = len(task.train)

@@ -1,0 +1,160 @@
+"""The paper's Fig. 2 (every network, means per treatment) and Fig. 3 (relative to base).
+
+Figures are built as :class:`matplotlib.figure.Figure` objects (Agg rendering, no pyplot state).
+Treatments without finished runs are left out; nothing is drawn for an empty series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from transferscope.report.stats import (
+    HEADLINE_METRIC,
+    ROLE_LABELS,
+    done_runs,
+    observed_cut_points,
+    relative,
+    summarize,
+)
+
+X_LABEL = "Layer n at which network is chopped and retrained"
+Y_LABEL = "Top-1 accuracy (test)"
+DPI = 130
+
+
+@dataclass(frozen=True)
+class _Style:
+    color: str
+    marker: str
+    offset: float  # horizontal shift at each n, so treatments sit side by side
+    spread: float = 0.035  # half-width of the random jitter of single networks
+    face: str | None = None  # marker face colour when it differs from ``color``
+
+
+STYLES: dict[str, _Style] = {
+    "base": _Style("black", "o", 0.0, spread=0.12, face="white"),
+    "selffer": _Style("#08306b", "o", -0.18),
+    "selffer+": _Style("#4f9fdc", "P", -0.06),
+    "transfer": _Style("#99000d", "D", 0.06),
+    "transfer+": _Style("#f47a6b", "P", 0.18),
+    "random": _Style("#5a5a5a", "^", 0.0),
+}
+_FIG2_ROLES = ("selffer", "selffer+", "transfer", "transfer+")
+_FIG3_ROLES = (*_FIG2_ROLES, "random")
+
+
+def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> Figure:
+    """Fig. 2: top, one marker per network; bottom, treatment means with 95% CI bands."""
+    done = done_runs(df, HEADLINE_METRIC)
+    ns = observed_cut_points(done, cut_points)
+    fig = Figure(figsize=(9.0, 8.0))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+
+    rng = np.random.default_rng(0)
+    for role in ("base", *_FIG2_ROLES):
+        runs = done.loc[done["role"] == role]
+        if runs.empty:
+            continue
+        style = STYLES[role]
+        at = np.zeros(len(runs)) if role == "base" else runs["n"].to_numpy(dtype=float)
+        x = at + style.offset + rng.uniform(-style.spread, style.spread, len(runs))
+        top.scatter(
+            x,
+            runs[HEADLINE_METRIC],
+            marker=style.marker,
+            facecolors=style.face or style.color,
+            edgecolors=style.color,
+            linewidths=0.8,
+            s=30,
+            label=ROLE_LABELS[role],
+            zorder=3,
+        )
+
+    summary = summarize(done, HEADLINE_METRIC, ns)
+    base = summary.loc[summary["role"] == "base"]
+    if not base.empty:
+        xs = np.array([0, *ns], dtype=float)
+        row = base.iloc[0]
+        style = STYLES["base"]
+        bottom.plot(xs, np.full(len(xs), row["mean"]), color=style.color, ls="--", lw=1.0,
+                    label="base")
+        bottom.scatter([0.0], [row["mean"]], marker=style.marker, facecolors=style.face,
+                       edgecolors=style.color, s=36, zorder=3)
+        if np.isfinite(row["ci_low"]):
+            bottom.fill_between(xs, row["ci_low"], row["ci_high"], color="0.6", alpha=0.2, lw=0)
+    for role in _FIG2_ROLES:
+        _mean_line(bottom, summary.loc[summary["role"] == role], role, ROLE_LABELS[role])
+
+    top.set_title("Each marker is one network (both directions pooled)", fontsize=10)
+    bottom.set_title("Mean per treatment, shaded 95% confidence interval", fontsize=10)
+    for ax in (top, bottom):
+        ax.set_ylabel(Y_LABEL)
+        _finish_axes(ax, ns)
+    bottom.set_xlabel(X_LABEL)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_fig3(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> Figure:
+    """Fig. 3: each treatment minus the base of the same replicate and task, mean with 95% CI."""
+    done = done_runs(df, HEADLINE_METRIC)
+    ns = observed_cut_points(done, cut_points)
+    rel = relative(done, HEADLINE_METRIC)
+    fig = Figure(figsize=(9.0, 5.0))
+    ax = fig.subplots()
+    ax.axhline(0.0, color="black", ls="--", lw=1.0, label="base (reference)")
+    for role in _FIG3_ROLES:
+        label = ROLE_LABELS[role]
+        _mean_line(ax, rel.loc[rel["quantity"] == label], role, f"{label} \u2212 base")
+    ax.set_title(
+        "Paired difference to the base network of the same replicate and task", fontsize=10
+    )
+    ax.set_ylabel("Top-1 accuracy (test) relative to base")
+    ax.set_xlabel(X_LABEL)
+    _finish_axes(ax, ns)
+    fig.suptitle(title)
+    return fig
+
+
+def write_figures(
+    df: pd.DataFrame, out_dir: Path, title: str, cut_points: Sequence[int] = ()
+) -> tuple[Path, Path]:
+    """Write ``fig2.png`` and ``fig3.png`` into ``out_dir``; return their paths."""
+    paths = (out_dir / "fig2.png", out_dir / "fig3.png")
+    for plot, path in zip((plot_fig2, plot_fig3), paths):
+        plot(df, title, cut_points).savefig(path, dpi=DPI, bbox_inches="tight")
+    return paths
+
+
+def _mean_line(ax: Axes, rows: pd.DataFrame, role: str, label: str) -> None:
+    """Line through the means in ``rows`` (columns n, mean, ci_low, ci_high) with a CI band."""
+    if rows.empty:
+        return
+    rows = rows.sort_values("n")
+    style = STYLES[role]
+    ax.plot(rows["n"], rows["mean"], color=style.color, marker=style.marker, ms=5, lw=1.6,
+            label=label, zorder=3)
+    lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+    if np.isfinite(lo).any():
+        ax.fill_between(rows["n"].to_numpy(dtype=float), lo, hi, color=style.color, alpha=0.15,
+                        lw=0)
+
+
+def _finish_axes(ax: Axes, ns: Sequence[int]) -> None:
+    """Integer ticks at 0 and every cut point, light grid, legend outside the plotting area."""
+    ticks = [0, *ns]
+    ax.set_xticks(ticks)
+    ax.set_xlim(-0.5, max(ticks) + 0.5)
+    ax.grid(True, color="0.9", lw=0.6)
+    ax.set_axisbelow(True)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  fontsize=9)

@@ -1,0 +1,205 @@
+"""``report.md``: the study, the metric, both figures, the per-layer table, unfinished runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from transferscope.errors import UserError
+from transferscope.report.figures import write_figures
+from transferscope.report.stats import (
+    HEADLINE_METRIC,
+    ROLE_LABELS,
+    done_runs,
+    observed_cut_points,
+    summarize,
+)
+from transferscope.report.tables import (
+    MISSING_CELL,
+    TABLE_LEGEND,
+    row_label,
+    write_tables,
+)
+
+VALIDATION_METRIC = "val_best_k_mean"
+STATUS_ORDER = ("done", "diverged", "failed", "skipped")
+
+_DECOMPOSITION_TEXT = {
+    "co-adaptation": (
+        "accuracy lost when the upper layers are retrained on top of frozen lower layers from the "
+        "same task, because features that co-adapted across the cut cannot be relearned together."
+    ),
+    "specificity": (
+        "further loss when the frozen lower layers come from the other task, i.e. how specific the "
+        "first n layers are to the task they were trained on."
+    ),
+    "fine-tuning gain": (
+        "gain of transferring the first n layers from the other task and fine-tuning the whole "
+        "network, over training on the target task from scratch."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ReportMeta:
+    """What the report says about the study besides the run table."""
+
+    dataset: str
+    split: str
+    arch: str
+    replicates: int
+    num_layers: int
+    cut_points: tuple[int, ...]
+    metric_note: str = ""
+    best_k: int = 10
+    extra_lines: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        """One line naming dataset, split, architecture and replicates (figure titles)."""
+        replicates = f"{self.replicates} replicate" + ("s" if self.replicates != 1 else "")
+        return f"{self.dataset}, split {self.split}, {self.arch}, {replicates}"
+
+
+def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path) -> Path:
+    """Write fig2.png, fig3.png, layers.csv, layers.md and report.md into ``out_dir``.
+
+    Returns the path of report.md. Raises :class:`UserError` when ``df`` has no finished run.
+    """
+    out_dir = Path(out_dir)
+    if len(df) == 0 or "status" not in df.columns or not (df["status"] == "done").any():
+        raise UserError(f"no finished runs to report in {out_dir} ({_status_counts(df)})")
+    done = done_runs(df, HEADLINE_METRIC)
+    if done.empty:
+        raise UserError(
+            f"no finished runs to report in {out_dir}: no run with status done has a finite "
+            f"{HEADLINE_METRIC}"
+        )
+    cut_points = observed_cut_points(done, meta.cut_points)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_figures(done, out_dir, meta.title, cut_points)
+    csv_path, md_path, table = write_tables(done, out_dir, cut_points)
+
+    sections = [
+        f"# Transferability of features: {meta.dataset}\n",
+        _study_section(df, meta, cut_points),
+        _metric_section(meta),
+        "## Figures\n\n"
+        "![Fig. 2: top-1 accuracy per network and mean per treatment](fig2.png)\n\n"
+        "![Fig. 3: top-1 accuracy relative to base, paired](fig3.png)\n",
+        f"## Per-layer table\n\n{TABLE_LEGEND} Also as [{md_path.name}]({md_path.name}) and "
+        f"[{csv_path.name}]({csv_path.name}).\n\n{table}",
+        _decomposition_section(),
+        _validation_section(df, meta, cut_points),
+        _unfinished_section(df),
+    ]
+    if meta.extra_lines:
+        sections.append("## Notes\n\n" + "\n\n".join(meta.extra_lines) + "\n")
+    report = out_dir / "report.md"
+    report.write_text("\n".join(s for s in sections if s), encoding="utf-8")
+    return report
+
+
+def _status_counts(df: pd.DataFrame) -> str:
+    """``12 runs (10 done, 1 diverged, 1 failed)``."""
+    if "status" not in df.columns or len(df) == 0:
+        return "0 runs"
+    counts = df["status"].astype(str).value_counts()
+    order = [s for s in STATUS_ORDER if s in counts] + sorted(set(counts.index) - set(STATUS_ORDER))
+    noun = "run" if len(df) == 1 else "runs"
+    return f"{len(df)} {noun} (" + ", ".join(f"{int(counts[s])} {s}" for s in order) + ")"
+
+
+def _study_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[int, ...]) -> str:
+    missing = sorted(set(meta.cut_points) - set(done_runs(df)["n"]))
+    lines = [
+        "## Study\n",
+        f"- Dataset: {meta.dataset}",
+        f"- Split into tasks A and B: {meta.split}",
+        f"- Architecture: {meta.arch} (L = {meta.num_layers} layers)",
+        f"- Replicates: {meta.replicates}",
+        f"- Cut points n: {', '.join(map(str, cut_points)) or 'none'}",
+        f"- Runs by status: {_status_counts(df)}",
+    ]
+    if missing:
+        lines.append(f"- Cut points without finished runs: {', '.join(map(str, missing))}")
+    lines.append(
+        "\nBoth directions are pooled by role and shown under the paper's labels: base covers "
+        "baseA and baseB; BnB covers BnB and AnA (selffer, frozen); BnB+ covers BnB+ and AnA+; "
+        "AnB covers AnB and BnA (transfer, frozen); AnB+ covers AnB+ and BnA+; random covers "
+        "randomA and randomB (first n layers left at their random initialisation, frozen)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _metric_section(meta: ReportMeta) -> str:
+    text = (
+        "## Metric\n\n"
+        f"The headline metric is top-1 accuracy on the test set (`{HEADLINE_METRIC}`) of each "
+        "network's final model, evaluated once after training. Intervals are two-sided 95% "
+        "Student-t confidence intervals of the mean over networks. The paper's own metric, the "
+        f"mean of the {meta.best_k} best validation scores seen during training "
+        f"(`{VALIDATION_METRIC}`), is optimistic because the same data selects and scores; it is "
+        "shown only as a secondary table below."
+    )
+    if meta.metric_note:
+        text += f" {meta.metric_note}"
+    return text + "\n"
+
+
+def _decomposition_section() -> str:
+    lines = [
+        "## Decomposition\n",
+        "Each quantity is the mean of differences paired by replicate and target task.\n",
+    ]
+    for name, text in _DECOMPOSITION_TEXT.items():
+        lines.append(f"- **{row_label('decomposition', name)}**: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _validation_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[int, ...]) -> str:
+    """Means of the optimistic best-k validation metric per treatment and n, if recorded."""
+    if VALIDATION_METRIC not in df.columns:
+        return ""
+    summary = summarize(df, VALIDATION_METRIC, cut_points)
+    if summary.empty:
+        return ""
+    ns = sorted(set(summary["n"]))
+    lines = [
+        f"## Optimistic validation metric (mean of {meta.best_k} best validation scores)\n",
+        "Optimistic: selected and scored on the same validation data. Mean (number of networks).\n",
+        "| treatment | " + " | ".join(f"n={n}" for n in ns) + " |",
+        "|:--|" + "--:|" * len(ns),
+    ]
+    for label in ROLE_LABELS.values():
+        rows = summary.loc[summary["treatment"] == label].set_index("n")
+        if rows.empty:
+            continue
+        cells = [
+            f"{rows.loc[n, 'mean']:.3f} ({int(rows.loc[n, 'count'])})" if n in rows.index
+            else MISSING_CELL
+            for n in ns
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _unfinished_section(df: pd.DataFrame) -> str:
+    """List of runs whose status is not done, or nothing when all finished."""
+    unfinished = df.loc[df["status"] != "done"]
+    if unfinished.empty:
+        return ""
+    has_treatment = "treatment" in unfinished.columns
+    lines = [
+        "## Runs not finished\n",
+        "These runs are excluded from all statistics.\n",
+        "| key | treatment | status |" if has_treatment else "| key | status |",
+        "|:--|:--|:--|" if has_treatment else "|:--|:--|",
+    ]
+    for _, run in unfinished.sort_values("key").iterrows():
+        middle = f" {run['treatment']} |" if has_treatment else ""
+        lines.append(f"| {run['key']} |{middle} {run['status']} |")
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,112 @@
+"""Per-layer table: accuracy per treatment, paired difference to base, and the decomposition.
+
+The tidy form (``layers.csv``) has one row per (section, quantity, n) with numeric columns; the
+Markdown form (``layers.md``) has one row per quantity and one column per cut point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from transferscope.report.stats import (
+    DECOMPOSITION,
+    HEADLINE_METRIC,
+    ROLE_LABELS,
+    relative,
+    summarize,
+)
+
+SECTIONS = ("accuracy", "relative", "decomposition")
+TABLE_COLUMNS = ["section", "quantity", "n", "mean", "ci_low", "ci_high", "count"]
+MISSING_CELL = "\u2014"
+
+TABLE_LEGEND = (
+    "Cells: mean [95% CI] (number of networks); no interval with one network; "
+    f"{MISSING_CELL} where no network finished. Rows \"X - base\" are paired by replicate and task."
+)
+
+
+def layer_table(
+    df: pd.DataFrame, cut_points: Sequence[int] = (), metric: str = HEADLINE_METRIC
+) -> pd.DataFrame:
+    """Tidy per-layer table with columns :data:`TABLE_COLUMNS`, sections in :data:`SECTIONS`."""
+    accuracy = (
+        summarize(df, metric, cut_points)
+        .rename(columns={"treatment": "quantity"})
+        .assign(section="accuracy")
+    )
+    rel = relative(df, metric)
+    is_decomposition = rel["quantity"].isin(list(DECOMPOSITION))
+    parts = [
+        accuracy,
+        rel.loc[~is_decomposition].assign(section="relative"),
+        rel.loc[is_decomposition].assign(section="decomposition"),
+    ]
+    parts = [part[TABLE_COLUMNS] for part in parts if not part.empty]
+    if not parts:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+def format_cell(mean: float, lo: float, hi: float, count: int) -> str:
+    """``0.912 [0.901, 0.923] (6)``; without bounds when they are NaN; a dash for no data."""
+    if count == 0 or not math.isfinite(mean):
+        return MISSING_CELL
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{_number(mean)} ({count})"
+    return f"{_number(mean)} [{_number(lo)}, {_number(hi)}] ({count})"
+
+
+def _number(value: float) -> str:
+    """Three decimals, without the sign of a value that rounds to zero."""
+    text = f"{value:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
+def row_label(section: str, quantity: str) -> str:
+    """Display name of a table row, e.g. ``AnB - base`` or ``specificity (BnB - AnB)``."""
+    if section == "relative":
+        return f"{quantity} - base"
+    if section == "decomposition":
+        plus, minus = DECOMPOSITION[quantity]
+        return f"{quantity} ({ROLE_LABELS[plus]} - {ROLE_LABELS[minus]})"
+    return quantity
+
+
+def layers_markdown(table: pd.DataFrame, cut_points: Sequence[int] = ()) -> str:
+    """Markdown table: one row per (section, quantity), one column per cut point."""
+    ns = sorted({int(n) for n in cut_points} | {int(n) for n in table["n"]})
+    lines = [
+        "| quantity | " + " | ".join(f"n={n}" for n in ns) + " |",
+        "|:--|" + "--:|" * len(ns),
+    ]
+    for section in SECTIONS:
+        rows = table.loc[table["section"] == section]
+        for quantity in dict.fromkeys(rows["quantity"]):
+            by_n = rows.loc[rows["quantity"] == quantity].set_index("n")
+            cells = [
+                format_cell(*by_n.loc[n, ["mean", "ci_low", "ci_high"]], int(by_n.loc[n, "count"]))
+                if n in by_n.index
+                else MISSING_CELL
+                for n in ns
+            ]
+            lines.append(f"| {row_label(section, quantity)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    df: pd.DataFrame, out_dir: Path, cut_points: Sequence[int] = ()
+) -> tuple[Path, Path, str]:
+    """Write ``layers.csv`` and ``layers.md``; return their paths and the Markdown table."""
+    table = layer_table(df, cut_points)
+    markdown = layers_markdown(table, cut_points)
+    csv_path, md_path = out_dir / "layers.csv", out_dir / "layers.md"
+    table.to_csv(csv_path, index=False)
+    md_path.write_text(
+        f"# Per-layer results (test top-1)\n\n{TABLE_LEGEND}\n\n{markdown}", encoding="utf-8"
+    )
+    return csv_path, md_path, markdown

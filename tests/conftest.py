@@ -1,0 +1,14 @@
+import pytest
+import torch
+
+from transferscope.config import load_config
+from transferscope.study import Study
+
+#: a study small enough for unit tests: tiny net, few epochs, one replicate
+TINY = ["train.epochs=2", "treatments.replicates=1", "model.options={widths=[8,16],fc=[16],dropout=0.5}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_study() -> Study:
+    torch.set_num_threads(1)
+    return Study.prepare(load_config(None, TINY))

@@ -1,0 +1,80 @@
+import pytest
+
+from transferscope.config import StudyConfig, dump_toml, load_config, parse_override
+from transferscope.errors import UserError
+
+
+def test_defaults_are_the_digits_study():
+    c = load_config()
+    assert c.data.dataset == "digits" and c.model.arch == "convnet"
+    assert c.treatments.replicates >= 3 and c.treatments.targets == ("B", "A")
+    assert set(c.treatments.names) == {"base", "BnB", "BnB+", "AnB", "AnB+", "random"}
+
+
+def test_file_and_overrides(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('name = "x"\n[train]\nepochs = 7\nlr = 1\n[treatments]\ncut_points = [1, 3]\nnames = ["base", "AnB"]\n'
+                 '[model.options]\nwidths = [4, 8]\n')
+    c = load_config(f, ["train.epochs=3", "split.sizes=[4, 6]", "data.dataset=digits", "train.augment=false"])
+    assert c.train.epochs == 3 and c.train.lr == 1.0 and isinstance(c.train.lr, float)
+    assert c.treatments.cut_points == (1, 3) and c.treatments.names == ("base", "AnB")
+    assert c.split.sizes == (4, 6) and c.train.augment is False
+    assert c.model.options == {"widths": [4, 8]}
+
+
+def test_resolved_config_round_trips(tmp_path):
+    c = load_config(None, ["train.epochs=3", "treatments.cut_points=[2]", "model.options={widths=[4]}"])
+    f = tmp_path / "resolved.toml"
+    f.write_text(dump_toml(c))
+    assert load_config(f) == c
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=ten", r"train.epochs: Input should be a valid integer \(got 'ten'\)"),
+    ("train.epoch=3", r"train.epoch: unknown key"),
+    ("colour=3", r"colour: unknown key"),
+    ("train.epochs=0", r"train.epochs: Input should be greater than or equal to 1"),
+    ("split.kind=foo", r"split.kind: Input should be 'random', 'file' or 'groups'"),
+    ('treatments.names=["XnY"]', r"treatments.names.0: Input should be 'base', 'BnB', 'BnB\+', 'AnB', 'AnB\+' or 'random'"),
+    ('treatments.cut_points="some"', r'treatments.cut_points: .*expected "all" or a list of layer numbers'),
+    ("treatments.names=[]", r"treatments.names: .*must not be empty"),
+    ('treatments.targets=["C"]', r"treatments.targets.0: Input should be 'A' or 'B'"),
+    ("split.kind=file", r"split.kind = 'file' needs split.file"),
+    ("data.val_fraction=0.65", r"val_fraction \+ test_fraction must be below 0.9"),
+    ("train.lr=-1", r"train.lr: Input should be greater than 0"),
+    ("train.augment=maybe", r"train.augment: Input should be a valid boolean"),
+    ("noequals", r"expected key=value"),
+])
+def test_errors_name_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, [override])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(UserError, match=r"nope.toml: study file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 3")
+    with pytest.raises(UserError, match=r"bad.toml: invalid TOML"):
+        load_config(bad)
+    typed = tmp_path / "typed.toml"
+    typed.write_text('[train]\nepochs = "3"\n')
+    with pytest.raises(UserError, match=r"typed.toml: train.epochs: Input should be a valid integer"):
+        load_config(typed)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UserError, match=r"binary.toml: cannot read study file"):
+        load_config(binary)
+
+
+def test_override_values_are_read_as_toml():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("a=[1, 2]") == ("a", [1, 2])
+    assert parse_override("a=digits") == ("a", "digits")
+    assert parse_override("a=true") == ("a", True)
+
+
+def test_config_is_frozen():
+    c = StudyConfig()
+    with pytest.raises(Exception):
+        c.train.epochs = 3  # type: ignore[misc]

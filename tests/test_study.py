@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transferscope import load_config, load_results, run_study
+from transferscope.models import create_model
+from transferscope.seeds import derive_seed
+
+from conftest import TINY
+
+SMALL = [*TINY, "treatments.cut_points=[1, 3]", "train.epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    return run_study(load_config(None, SMALL), out, progress=False)
+
+
+def test_every_treatment_at_every_cut_point_in_both_directions(small_study):
+    f = small_study.frame
+    assert (f["status"] == "done").all()
+    expected = {"baseA", "baseB"} | {f"{t}@{n}" for n in (1, 3) for t in
+                                     ("BnB", "BnB+", "AnB", "AnB+", "randomB", "AnA", "AnA+", "BnA", "BnA+", "randomA")}
+    got = {t if t.startswith("base") else f"{t}@{n}" for t, n in zip(f["treatment"], f["n"])}
+    assert got == expected and len(f) == len(expected)
+    assert f["test_top1"].between(0, 1).all()
+
+
+def test_records_carry_everything(small_study):
+    rec = json.loads((small_study.output / "runs" / "r0-AnB+-n3.json").read_text())
+    for field in ("key", "treatment", "role", "n", "target", "source", "split", "seeds", "config", "history",
+                  "metrics", "trainable_params", "total_params", "wall_time_s", "versions", "git", "status"):
+        assert field in rec, field
+    assert rec["seeds"]["init"] == derive_seed("init", 0, "r0-AnB+-n3")
+    assert rec["config"]["train"]["epochs"] == 2 and len(rec["history"]) == 2
+    assert rec["versions"]["torch"] == torch.__version__.split("+")[0] or rec["versions"]["torch"].startswith(torch.__version__[:4])
+    assert rec["trainable_params"] == rec["total_params"]  # fine-tuned: everything trains
+    frozen = json.loads((small_study.output / "runs" / "r0-AnB-n3.json").read_text())
+    assert frozen["trainable_params"] < frozen["total_params"]
+    split = json.loads((small_study.output / "splits.json").read_text())["r0"]
+    assert set(split["A"]).isdisjoint(split["B"]) and len(split["A"]) + len(split["B"]) == 10
+    assert rec["split"]["A"] == split["A"]
+
+
+def test_base_weights_saved_and_equal_to_copied_layers(small_study):
+    w = load_file(small_study.output / "weights" / "r0-baseA.safetensors")
+    cfg = load_config(None, SMALL)
+    net = create_model("convnet", 5, (1, 8, 8), cfg.model.options)
+    net.load_state_dict(w)  # a complete state dict of the architecture
+    assert not (small_study.output / "weights" / "r0-AnB-n1.safetensors").exists()
+
+
+def test_resolved_config_saved_and_reloads(small_study):
+    assert load_config(small_study.output / "config.toml") == load_config(None, SMALL)
+
+
+def test_study_is_deterministic(small_study, tmp_path):
+    again = run_study(load_config(None, SMALL), tmp_path, progress=False, report=False)
+    cols = ["key", "status", "test_top1", "val_top1", "val_best_k_mean", "trainable_params"]
+    a = small_study.frame[cols].sort_values("key").reset_index(drop=True)
+    b = again.frame[cols].sort_values("key").reset_index(drop=True)
+    assert a.equals(b)
+
+
+def test_load_results_is_the_export_table(small_study):
+    f = load_results(str(small_study.output))
+    assert len(f) == len(small_study.frame) and {"key", "test_top1", "n", "status"} <= set(f.columns)
+
+
+def test_diverged_bases_skip_their_dependants_and_the_study_goes_on(tmp_path):
+    cfg = load_config(None, [*TINY, "treatments.cut_points=[1]", "train.lr=1e12", "train.weight_decay=0.0",
+                             'treatments.names=["base", "AnB", "random"]', 'treatments.targets=["B"]'])
+    res = run_study(cfg, tmp_path, progress=False, report=False)
+    st = dict(zip(res.frame["key"], res.frame["status"]))
+    assert st["r0-baseA"] == "diverged" and st["r0-baseB"] == "diverged"
+    assert st["r0-AnB-n1"] == "skipped" and st["r0-randomB-n1"] == "diverged"
+    rec = json.loads((tmp_path / "runs" / "r0-AnB-n1.json").read_text())
+    assert rec["error"] == "source network r0-baseA is diverged"
+    assert json.loads((tmp_path / "runs" / "r0-baseA.json").read_text())["diverged_epoch"] >= 1
+
+
+def test_report_written(small_study):
+    report = small_study.output / "report"
+    for name in ("report.md", "fig2.png", "fig3.png", "layers.csv", "layers.md"):
+        assert (report / name).stat().st_size > 0, name
+    text = (report / "report.md").read_text()
+    assert "digits" in text and "convnet" in text
