@@ -16,7 +16,7 @@ NAMES = tuple(f"c{i}" for i in range(10))
 def toy(num_classes=10, per_class=20, groups=None):
     y = torch.arange(num_classes).repeat_interleave(per_class)
     x = (torch.arange(len(y)) % 256).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
-    return ImageData(x, y, tuple(f"c{i}" for i in range(num_classes)), groups or {}, name="toy")
+    return ImageData(y, tuple(f"c{i}" for i in range(num_classes)), x=x, groups=groups or {}, name="toy")
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -30,8 +30,20 @@ class DataConfig(_Section):
     """Which dataset, and how each task's classes are divided into train/val/test images."""
 
     dataset: str = "digits"
+    #: where the dataset's files are (a folder; for npz, the .npz file)
     root: str | None = None
+    #: fetch the files with torchvision's real download where the dataset has one
     download: bool = False
+    #: resize (shorter side) and centre-crop every image to this many pixels; None keeps the size
+    image_size: int | None = Field(None, ge=4)
+    #: skip unreadable image files (counted in the report) instead of stopping with an error
+    skip_corrupt: bool = False
+    #: decoded datasets are cached here as uint8 tensors [default: $TRANSFERSCOPE_CACHE or ~/.cache/transferscope]
+    cache_dir: str | None = None
+    #: datasets whose decoded images exceed this stream from their files through DataLoader workers
+    memory_limit_gb: float = Field(8.0, gt=0)
+    #: DataLoader worker processes for streamed datasets
+    workers: int = Field(2, ge=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
 
@@ -50,9 +62,11 @@ class SplitConfig(_Section):
     - ``file``: a TOML or JSON file with ``A = [...]`` and ``B = [...]`` (class names or indices).
     - ``groups``: ``groups_file`` maps class -> group (or the dataset's own groups are used);
       ``a_groups`` / ``b_groups`` name the groups of each task.
+    - ``natural-vs-manmade``: the paper's dissimilar split, A = natural, B = man-made classes, for
+      datasets whose classes are known (CIFAR-100 superclasses, ImageNet WordNet ids).
     """
 
-    kind: Literal["random", "file", "groups"] = "random"
+    kind: Literal["random", "file", "groups", "natural-vs-manmade"] = "random"
     seed: int = 0
     sizes: tuple[int, int] | None = None
     file: str | None = None

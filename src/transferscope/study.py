@@ -45,7 +45,7 @@ class Study:
 
     @classmethod
     def prepare(cls, config: StudyConfig) -> Study:
-        data = load_dataset(config.data.dataset, config.data.root, config.data.download)
+        data = load_dataset(config.data)
         probe = create_model(config.model.arch, 2, data.image_shape, config.model.options)
         if config.treatments.cut_points == "all":
             cuts = tuple(probe.cut_points)
@@ -68,7 +68,7 @@ class Study:
             d = self.config.data
             self._tasks[replicate, name] = make_task(
                 self.data, name, self.split(replicate).classes(name), d.val_fraction, d.test_fraction,
-                seed=derive_seed("partition", self.config.seed, replicate, name))
+                seed=derive_seed("partition", self.config.seed, replicate, name), workers=d.workers)
         return self._tasks[replicate, name]
 
     def new_network(self, spec: RunSpec, task: str, seed_key: str) -> CutNet:

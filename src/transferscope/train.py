@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from transferscope.config import EvalConfig, TrainConfig
 from transferscope.data.augment import augment, normalize
-from transferscope.data.tasks import Part, Task
+from transferscope.data.tasks import AnyPart, Task
 from transferscope.models.cutnet import CutNet
 from transferscope.seeds import generator
 from transferscope.surgery import trainable_parameters
@@ -52,14 +52,13 @@ def make_optimizer(model: CutNet, cfg: TrainConfig, copied: int) -> torch.optim.
 
 
 @torch.no_grad()
-def evaluate(model: CutNet, part: Part, task: Task, batch_size: int) -> dict[str, float]:
+def evaluate(model: CutNet, part: AnyPart, task: Task, batch_size: int) -> dict[str, float]:
     """Top-1 (and top-5 where the task has more than 5 classes) of ``model`` on ``part``."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = 0
-    for i in range(0, len(part), batch_size):
-        logits = model(normalize(part.x[i : i + batch_size], task.mean, task.std))
-        y = part.y[i : i + batch_size]
+    for xb, y in part.batches(batch_size):
+        logits = model(normalize(xb, task.mean, task.std))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(1).sum().item()
@@ -85,26 +84,25 @@ def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalCon
 def _train(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, g: torch.Generator,
            flip: bool, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
     opt = make_optimizer(model, cfg, copied)
-    x, y = task.train.x, task.train.y
     n = len(task.train)
-    steps = max(1, n // cfg.batch_size)  # drop the ragged last batch (BatchNorm needs > 1 sample)
     outcome = Outcome("done")
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch) * group["lr_scale"]
         model.train()
         order = torch.randperm(n, generator=g)
-        total = torch.zeros(())
-        for s in range(steps):
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            xb = normalize(x[idx], task.mean, task.std)
+        total, steps = torch.zeros(()), 0
+        # the ragged last batch is dropped: BatchNorm needs more than one sample
+        for xb, yb in task.train.batches(cfg.batch_size, order, drop_last=True):
+            xb = normalize(xb, task.mean, task.std)
             if cfg.augment:
                 xb = augment(xb, g, flip)
-            loss = F.cross_entropy(model(xb), y[idx])
+            loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach()
+            steps += 1
         train_loss = total.item() / steps
         if not math.isfinite(train_loss):
             outcome.status, outcome.diverged_epoch = "diverged", epoch + 1

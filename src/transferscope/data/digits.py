@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from transferscope.config import DataConfig
 from transferscope.data.registry import ImageData, register_dataset
 
 
 @register_dataset("digits", "UCI optical digits from scikit-learn: 10 classes, 1,797 8x8 grey images (bundled)")
-def load_digits(root: Path | None = None, download: bool = False) -> ImageData:
+def load_digits(cfg: DataConfig) -> ImageData:
     from sklearn.datasets import load_digits as sk_load
 
     bunch = sk_load()

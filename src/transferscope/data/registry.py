@@ -1,47 +1,77 @@
 """One registry of datasets: a name maps to a loader that returns the whole labelled image set.
 
-A loader returns :class:`ImageData`: every image as one uint8 tensor (N, C, H, W), integer labels,
-class names in label order and, where the dataset has them, class groups (e.g. superclasses).
-Images are decoded once here; everything after works on tensors in memory.
+A loader takes the study's ``[data]`` configuration and returns :class:`ImageData`: either every
+image as one uint8 tensor (N, C, H, W) in memory, or, for sets too large for memory, an
+:class:`ImageReader` that decodes images from their files on demand (streamed through DataLoader
+workers). Labels, class names in label order and, where the dataset has them, class groups
+(e.g. superclasses, alphabets) come with it, and the dataset's own test images where it has an
+official test split.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import torch
 
+from transferscope.config import DataConfig
 from transferscope.errors import UserError
+
+
+class ImageReader(Protocol):
+    """Decodes image i of a file-backed dataset to a uint8 (C, H, W) tensor of ``shape``."""
+
+    shape: tuple[int, int, int]
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class ImageData:
-    x: torch.Tensor  # uint8 (N, C, H, W)
     y: torch.Tensor  # int64 (N,)
     class_names: tuple[str, ...]
+    x: torch.Tensor | None = None  # uint8 (N, C, H, W), or None when images stream from `reader`
+    reader: ImageReader | None = None
     groups: dict[str, str] = field(default_factory=dict)  # class name -> group name
     name: str = ""
     #: whether a horizontal flip keeps an image in its class (not for digits or characters)
     flip_ok: bool = False
+    #: bool (N,): the dataset's own test images, where it has an official test split
+    is_test: torch.Tensor | None = None
+    #: unreadable files that were skipped (with data.skip_corrupt = true)
+    skipped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.x.dtype != torch.uint8 or self.x.ndim != 4:
+        if (self.x is None) == (self.reader is None):
+            raise ValueError(f"{self.name}: give either images in memory (x) or a reader, not both or neither")
+        if self.x is not None and (self.x.dtype != torch.uint8 or self.x.ndim != 4):
             raise ValueError(f"{self.name}: images must be a uint8 (N, C, H, W) tensor, got {self.x.dtype} {tuple(self.x.shape)}")
-        if self.y.shape != (self.x.shape[0],):
-            raise ValueError(f"{self.name}: {self.y.shape[0]} labels for {self.x.shape[0]} images")
+        n = self.x.shape[0] if self.x is not None else len(self.reader)  # type: ignore[arg-type]
+        if self.y.shape != (n,):
+            raise ValueError(f"{self.name}: {self.y.shape[0]} labels for {n} images")
+        if self.is_test is not None and self.is_test.shape != (n,):
+            raise ValueError(f"{self.name}: is_test must have one entry per image")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
+    def in_memory(self) -> bool:
+        return self.x is not None
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+        if self.x is not None:
+            return tuple(self.x.shape[1:])  # type: ignore[return-value]
+        return self.reader.shape  # type: ignore[union-attr]
 
 
-Loader = Callable[[Path | None, bool], ImageData]
+Loader = Callable[[DataConfig], ImageData]
 _DATASETS: dict[str, tuple[Loader, str]] = {}
 
 
@@ -60,8 +90,11 @@ def list_datasets() -> dict[str, str]:
     return {k: d for k, (_, d) in sorted(_DATASETS.items())}
 
 
-def load_dataset(name: str, root: str | Path | None = None, download: bool = False) -> ImageData:
-    if name not in _DATASETS:
-        raise UserError(f"data.dataset: unknown dataset {name!r}; available: {', '.join(sorted(_DATASETS))}")
-    loader, _ = _DATASETS[name]
-    return loader(Path(root) if root is not None else None, download)
+def load_dataset(cfg: DataConfig | str) -> ImageData:
+    """Load the dataset that ``cfg`` names (a bare name means its default options)."""
+    if isinstance(cfg, str):
+        cfg = DataConfig(dataset=cfg)
+    if cfg.dataset not in _DATASETS:
+        raise UserError(f"data.dataset: unknown dataset {cfg.dataset!r}; available: {', '.join(sorted(_DATASETS))}")
+    loader, _ = _DATASETS[cfg.dataset]
+    return loader(cfg)

@@ -119,6 +119,11 @@ def split_classes(cfg: SplitConfig, data: ImageData, replicate: int) -> ClassSpl
     (seed ``cfg.seed + replicate``); file and group splits are the same for every replicate."""
     if cfg.kind == "random":
         return random_split(data.num_classes, data.class_names, cfg.seed + replicate, cfg.sizes)
+    if cfg.kind == "natural-vs-manmade":
+        from transferscope.data.semantic import natural_vs_manmade
+
+        return group_split(natural_vs_manmade(data), data.class_names, ("natural",), ("man-made",),
+                           f"natural vs man-made classes of {data.name}")
     if cfg.kind == "file":
         return file_split(Path(cfg.file), data.class_names)  # type: ignore[arg-type]
     if cfg.groups_file:
