@@ -1,13 +1,15 @@
 import pytest
 import torch
 
-from transferscope.config import TrainConfig
+from transferscope.config import TrainConfig, load_config
 from transferscope.errors import UserError
 from transferscope.models import create_model
-from transferscope.study import build_network
+from transferscope.study import Study, build_network
 from transferscope.surgery import check_cut, freeze, parameter_counts, trainable_parameters, transplant
 from transferscope.train import make_optimizer, train_network
 from transferscope.treatments import RunSpec
+
+from conftest import TINY
 
 
 def trained_base(study, task="B"):
@@ -154,3 +156,19 @@ def test_treatment_names_roles_and_sources(tiny_study):
     # every treatment at every cut point, both directions, plus the two bases
     cuts = tiny_study.cut_points
     assert cuts == (1, 2, 3) and len(tiny_study.plan) == 2 + len(cuts) * 2 * 5
+
+
+def test_frozen_bn_affine_option_trains_only_the_affine_parameters(tiny_study, sources):
+    study = Study.prepare(load_config(None, [*TINY, "treatments.frozen_bn=train-affine"]))
+    spec = spec_for(study, "AnB", 2)
+    net = build_network(study, spec, sources)
+    bn = net.blocks[0][1]
+    assert bn.weight.requires_grad and bn.bias.requires_grad and not net.blocks[0][0].weight.requires_grad
+    before = state(net.blocks[0])
+    train_network(net, study.task(0, "B"), study.config.train, study.config.eval, copied=2, data_seed=0)
+    after = net.blocks[0].state_dict()
+    assert torch.equal(after["0.weight"], before["0.weight"])  # conv frozen
+    assert torch.equal(after["1.running_mean"], before["1.running_mean"])  # statistics fixed
+    assert not torch.equal(after["1.weight"], before["1.weight"])  # affine trained
+    net.train()
+    assert not net.blocks[0].training

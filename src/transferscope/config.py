@@ -98,6 +98,9 @@ class TreatmentConfig(_Section):
     cut_points: tuple[int, ...] | Literal["all"] = "all"
     targets: tuple[Literal["A", "B"], ...] = ("B", "A")
     replicates: int = Field(3, ge=1)
+    #: BatchNorm in frozen layers: "fixed" (statistics and affine parameters frozen, the default)
+    #: or "train-affine" (statistics frozen, the affine scale and shift train)
+    frozen_bn: Literal["fixed", "train-affine"] = "fixed"
 
     @field_validator("cut_points", mode="before")
     @classmethod

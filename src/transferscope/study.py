@@ -94,7 +94,7 @@ def build_network(study: Study, spec: RunSpec, sources: dict[str, CutNet]) -> Cu
     net = study.new_network(spec, spec.target, spec.key)
     if spec.copied:
         net = transplant(sources[spec.depends_on], net, spec.copied)
-    return freeze(net, spec.frozen)
+    return freeze(net, spec.frozen, bn_affine=study.config.treatments.frozen_bn == "train-affine")
 
 
 def _record(study: Study, spec: RunSpec, **fields: Any) -> dict[str, Any]:
@@ -218,6 +218,12 @@ def write_study_report(store: Store, study: Study | None = None) -> Path:
                      f"momentum {cfg.train.momentum} weight decay {cfg.train.weight_decay}, {cfg.train.schedule} "
                      f"schedule, augmentation {'on' if cfg.train.augment else 'off'}, fine-tuning lr scale "
                      f"{cfg.train.finetune_lr_scale}.",
+                     "Frozen layers run in eval mode: BatchNorm statistics and dropout fixed; BatchNorm affine "
+                     + ("parameters trained (treatments.frozen_bn = 'train-affine')." if cfg.treatments.frozen_bn
+                        == "train-affine" else "parameters frozen too (treatments.frozen_bn = 'fixed')."),
+                     *([f"{len(study.data.skipped)} unreadable image file(s) skipped (data.skip_corrupt): "
+                        + ", ".join(study.data.skipped[:5]) + (" ..." if len(study.data.skipped) > 5 else "")]
+                       if study.data.skipped else []),
                      f"Provenance: transferscope commit {prov['git']['commit']} (dirty: {prov['git']['dirty']}), "
                      f"torch {prov['versions']['torch']}, python {prov['versions']['python']}."),
     )

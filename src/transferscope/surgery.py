@@ -38,16 +38,23 @@ def transplant(source: CutNet, target: CutNet, n: int) -> CutNet:
     return out
 
 
-def freeze(model: CutNet, n: int) -> CutNet:
+def freeze(model: CutNet, n: int, bn_affine: bool = False) -> CutNet:
     """A copy of ``model`` with layers 1..n frozen: no gradients, excluded from the optimizer
     (see :func:`trainable_parameters`), and kept in eval mode by :meth:`CutNet.train`, so
-    BatchNorm statistics and dropout stay fixed whatever calls ``model.train()``."""
+    BatchNorm statistics and dropout stay fixed whatever calls ``model.train()``.
+
+    With ``bn_affine``, the BatchNorm scale and shift of the frozen layers still train (their
+    running statistics stay fixed)."""
     if n:
         check_cut(model, n)
     out = copy.deepcopy(model)
     out.num_frozen = n
     for block in out.blocks[:n]:
         block.requires_grad_(False)
+        if bn_affine:
+            for m in block.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                    m.requires_grad_(True)
     return out.train(model.training)
 
 

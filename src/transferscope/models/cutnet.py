@@ -49,8 +49,15 @@ class CutNet(nn.Module):
             h = block(h)
         return h
 
+    @property
+    def prefix_is_constant(self) -> bool:
+        """Whether the frozen prefix has no trainable parameter at all (its output then needs
+        no gradient, and is the same for the same input throughout a run)."""
+        return not any(p.requires_grad for p in self.blocks[: self.num_frozen].parameters())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.num_frozen:
+        if self.num_frozen and self.prefix_is_constant:
             with torch.no_grad():  # nothing below the frozen prefix needs a gradient
                 x = self.forward_prefix(x, self.num_frozen)
-        return self.forward_suffix(x, self.num_frozen)
+            return self.forward_suffix(x, self.num_frozen)
+        return self.forward_suffix(self.forward_prefix(x, self.num_frozen), self.num_frozen)
