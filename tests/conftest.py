@@ -12,3 +12,10 @@ TINY = ["train.epochs=2", "treatments.replicates=1", "model.options={widths=[8,1
 def tiny_study() -> Study:
     torch.set_num_threads(1)
     return Study.prepare(load_config(None, TINY))
+
+
+def build_network(study, spec, sources):
+    """The network a run starts from, with ``sources`` (trained CutNets by key) as its donors."""
+    from transferscope.runner import Runner
+
+    return Runner(study, lambda key: sources[key].state_dict()).build_network(spec)

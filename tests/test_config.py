@@ -31,10 +31,10 @@ def test_resolved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("train.epochs=ten", r"train.epochs: Input should be a valid integer \(got 'ten'\)"),
-    ("train.epoch=3", r"train.epoch: unknown key"),
+    ("train.epoch=3", r"train.epoch: unknown key; allowed: epochs, batch_size"),
     ("colour=3", r"colour: unknown key"),
     ("train.epochs=0", r"train.epochs: Input should be greater than or equal to 1"),
-    ("split.kind=foo", r"split.kind: Input should be 'random', 'file' or 'groups'"),
+    ("split.kind=foo", r"split.kind: Input should be 'random', 'file', 'groups' or 'natural-vs-manmade'"),
     ('treatments.names=["XnY"]', r"treatments.names.0: Input should be 'base', 'BnB', 'BnB\+', 'AnB', 'AnB\+' or 'random'"),
     ('treatments.cut_points="some"', r'treatments.cut_points: .*expected "all" or a list of layer numbers'),
     ("treatments.names=[]", r"treatments.names: .*must not be empty"),

@@ -76,7 +76,8 @@ def test_diverged_bases_skip_their_dependants_and_the_study_goes_on(tmp_path):
     res = run_study(cfg, tmp_path, progress=False, report=False)
     st = dict(zip(res.frame["key"], res.frame["status"]))
     assert st["r0-baseA"] == "diverged" and st["r0-baseB"] == "diverged"
-    assert st["r0-AnB-n1"] == "skipped" and st["r0-randomB-n1"] == "diverged"
+    assert st["r0-AnB-n1"] == "skipped"
+    assert st["r0-randomB-n1"] in ("done", "diverged")  # needs no base network: it still ran
     rec = json.loads((tmp_path / "runs" / "r0-AnB-n1.json").read_text())
     assert rec["error"] == "source network r0-baseA is diverged"
     assert json.loads((tmp_path / "runs" / "r0-baseA.json").read_text())["diverged_epoch"] >= 1

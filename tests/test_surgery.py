@@ -4,12 +4,12 @@ import torch
 from transferscope.config import TrainConfig, load_config
 from transferscope.errors import UserError
 from transferscope.models import create_model
-from transferscope.study import Study, build_network
+from transferscope.study import Study
 from transferscope.surgery import check_cut, freeze, parameter_counts, trainable_parameters, transplant
 from transferscope.train import make_optimizer, train_network
 from transferscope.treatments import RunSpec
 
-from conftest import TINY
+from conftest import TINY, build_network
 
 
 def trained_base(study, task="B"):
@@ -63,9 +63,12 @@ def test_layers_above_n_use_the_base_initialiser(tiny_study, sources, treatment)
         src = sources[spec.depends_on]
         assert not torch.equal(net.blocks[n].state_dict()["1.weight"], src.blocks[n].state_dict()["1.weight"])
         assert not torch.equal(net.blocks[n].state_dict()["1.weight"], sources["r0-baseA"].blocks[n].state_dict()["1.weight"])
-    else:  # random-frozen keeps its own random initial weights below n too
+    else:  # random-frozen: layers 1..n are those of the replicate's untrained random network
+        random_net = tiny_study.new_network(spec, spec.target, spec.source_net)
+        assert spec.source_net == "r0-randomB"
         for i in range(n):
-            assert_equal_states(net.blocks[i].state_dict(), fresh.blocks[i].state_dict())
+            assert_equal_states(net.blocks[i].state_dict(), random_net.blocks[i].state_dict())
+            assert not torch.equal(net.blocks[i].state_dict()["0.weight"], fresh.blocks[i].state_dict()["0.weight"])
 
 
 @pytest.mark.parametrize("treatment, n", [("AnB", 1), ("AnB", 3), ("BnB", 2), ("randomB", 2), ("BnA", 3)])
@@ -152,7 +155,8 @@ def test_treatment_names_roles_and_sources(tiny_study):
     assert by["r0-AnB-n2"] == RunSpec("r0-AnB-n2", 0, "AnB", "transfer", "B", "A", 2)
     assert by["r0-BnA+-n1"].source == "B" and by["r0-BnA+-n1"].role == "transfer+" and by["r0-BnA+-n1"].frozen == 0
     assert by["r0-AnA-n3"].role == "selffer" and by["r0-AnA-n3"].depends_on == "r0-baseA"
-    assert by["r0-randomB-n2"].copied == 0 and by["r0-randomB-n2"].frozen == 2
+    assert by["r0-randomB-n2"].source_net == "r0-randomB" and by["r0-randomB-n2"].depends_on is None
+    assert by["r0-randomB-n2"].copied == 2 and by["r0-randomB-n2"].frozen == 2
     # every treatment at every cut point, both directions, plus the two bases
     cuts = tiny_study.cut_points
     assert cuts == (1, 2, 3) and len(tiny_study.plan) == 2 + len(cuts) * 2 * 5

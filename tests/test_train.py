@@ -6,8 +6,10 @@ import torch
 from transferscope.config import EvalConfig, TrainConfig
 from transferscope.data.augment import normalize, random_crop
 from transferscope.seeds import derive_seed, generator
-from transferscope.study import build_network
-from transferscope.train import evaluate, lr_factor, train_network
+from transferscope.precision import Numerics
+from transferscope.train import PixelFeed, evaluate, lr_factor, train_network
+
+from conftest import build_network
 
 
 def base_spec(study, task="B"):
@@ -55,7 +57,8 @@ def test_top5_recorded_for_more_than_five_classes(tiny_study):
     task = make_task(tiny_study.data, "A", tuple(range(8)), 0.2, 0.2, seed=0)
     net = tiny_study.new_network(base_spec(tiny_study), "A", "x")
     net.blocks[-1] = torch.nn.Linear(net.blocks[-1][-1].in_features, 8)
-    res = evaluate(net, task.val, task, 64)
+    cpu = Numerics(torch.device("cpu"), None, False)
+    res = evaluate(net, PixelFeed(task, cpu, False, False), "val", cpu, 64)
     assert set(res) == {"top1", "top5"} and res["top5"] >= res["top1"]
 
 

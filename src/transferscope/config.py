@@ -133,7 +133,41 @@ class TrainConfig(_Section):
     augment: bool = True
     #: learning-rate multiplier for copied layers in fine-tuned treatments (paper: 1.0)
     finetune_lr_scale: float = Field(1.0, ge=0)
+    #: "auto": bf16 autocast where the CPU or GPU supports it, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    #: frozen runs: compute the frozen prefix's output once per source network and task and
+    #: train the upper layers on it ("cached"), or push every batch through the whole network
+    frozen_features: Literal["cached", "recompute"] = "cached"
+    #: with augmentation on, how many augmented views of the training images the cache holds
+    #: (epoch e trains on view e mod views); with augmentation off there is one exact view
+    feature_views: int = Field(4, ge=1)
+    #: the most memory cached features may take; fewer views (or recomputing) beyond it
+    feature_memory_gb: float = Field(4.0, gt=0)
+
+
+class ExecutionConfig(_Section):
+    """Where and how runs execute. Not part of a study's identity: a study may be resumed with
+    other execution settings, and gives the same numbers on the CPU with any number of workers."""
+
+    executor: Literal["local", "ray"] = "local"
+    #: worker processes for the local executor ("auto": one per CPU core, at most 8)
+    workers: int | Literal["auto"] = "auto"
+    #: torch threads in each worker
     threads: int = Field(1, ge=1)
+    #: "auto" (CUDA where available), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    #: Ray cluster address (None: start or join a local one)
+    address: str | None = None
+    #: GPUs per run on a Ray cluster (a fraction lets several runs share one GPU)
+    gpus_per_run: float = Field(0.0, ge=0)
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 or \"auto\"")
+        return v
 
 
 class EvalConfig(_Section):
@@ -154,6 +188,7 @@ class StudyConfig(_Section):
     treatments: TreatmentConfig = TreatmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -162,20 +197,35 @@ class StudyConfig(_Section):
 # ----------------------------------------------------------------------------------- loading
 
 
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys allowed in the table that holds ``loc`` (for an "unknown key" message)."""
+    model: Any = StudyConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
-    """One line per wrong key: ``source: train.epochs: Input should be a valid integer (got 'x')``."""
+    """One line: ``source: train.epochs: Input should be a valid integer (got 'x'); ...``."""
     found: dict[str, str] = {}
     for e in err.errors():
         # drop pydantic's union-member tags such as "tuple[int, ...]" from the key path
         loc = ".".join(str(p) for p in e["loc"] if not any(c in str(p) for c in "[']"))
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(e["loc"])
+            msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        else:
+            msg = e["msg"]
         value = e.get("input")
         if e["type"] not in ("extra_forbidden", "missing") and not isinstance(value, dict):
             msg += f" (got {value!r})"
         found.setdefault(loc or "study", msg)
     # a union reports its field once per member: keep the most specific location
     keys = [k for k in found if not any(o.startswith(k + ".") for o in found)]
-    return "\n".join(f"{source}: {k}: {found[k]}" for k in keys)
+    return f"{source}: " + "; ".join(f"{k}: {found[k]}" for k in keys)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -74,7 +74,9 @@ class Store:
         """Start a new study here, or check that the one here has the same configuration."""
         if self.exists():
             recorded = self.load_config()
-            diff = [k for k in _diff_keys(recorded.to_dict(), config.to_dict()) if k != "name"]
+            # the name and where runs execute do not change what a run computes
+            diff = [k for k in _diff_keys(recorded.to_dict(), config.to_dict())
+                    if k != "name" and not k.startswith("execution.")]
             if diff:
                 raise UserError(f"{self.root}: holds a study with a different configuration (differs in "
                                 f"{', '.join(diff)}); use another --output, or the same configuration to resume")

@@ -7,28 +7,23 @@ Every run draws its own random streams from its key, so results do not depend on
 
 from __future__ import annotations
 
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from transferscope.config import StudyConfig
 from transferscope.data import ImageData, load_dataset
 from transferscope.data.splits import ClassSplit, split_classes
 from transferscope.data.tasks import Task, make_task
-from transferscope.errors import UserError
 from transferscope.models import CutNet, create_model
 from transferscope.progress import Progress
 from transferscope.provenance import provenance
 from transferscope.seeds import derive_seed
 from transferscope.store import Store
-from transferscope.surgery import check_cut, freeze, parameter_counts, transplant
-from transferscope.train import train_network
-from transferscope.treatments import RunSpec, build_plan
+from transferscope.surgery import check_cut
+from transferscope.treatments import RunSpec, build_plan, group_jobs
 
 
 @dataclass
@@ -87,59 +82,6 @@ class Study:
         return "\n".join(lines)
 
 
-def build_network(study: Study, spec: RunSpec, sources: dict[str, CutNet]) -> CutNet:
-    """The network a run starts from: fresh weights (the base networks' initialiser, drawn from
-    the run's own seed), layers 1..n copied from the source where the treatment has one, and
-    layers 1..frozen frozen."""
-    net = study.new_network(spec, spec.target, spec.key)
-    if spec.copied:
-        net = transplant(sources[spec.depends_on], net, spec.copied)
-    return freeze(net, spec.frozen, bn_affine=study.config.treatments.frozen_bn == "train-affine")
-
-
-def _record(study: Study, spec: RunSpec, **fields: Any) -> dict[str, Any]:
-    split = study.split(spec.replicate)
-    return {
-        "key": spec.key, "replicate": spec.replicate, "treatment": spec.treatment, "role": spec.role,
-        "target": spec.target, "source": spec.source, "n": spec.n, "frozen_layers": spec.frozen,
-        "copied_layers": spec.copied, "depends_on": spec.depends_on,
-        "split": {"A": list(split.names("A")), "B": list(split.names("B")), "description": split.description},
-        "seeds": {"study": study.config.seed, "init": derive_seed("init", study.config.seed, spec.key),
-                  "data": derive_seed("data", study.config.seed, spec.key),
-                  "partition": derive_seed("partition", study.config.seed, spec.replicate, spec.target)},
-        "config": study.config.to_dict(), **fields, **provenance(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def execute_run(study: Study, spec: RunSpec, store: Store, sources: dict[str, CutNet],
-                progress: Progress | None = None) -> dict[str, Any]:
-    """Train one run and record it. Base networks' weights are saved before their record, so a
-    recorded base always has its weights."""
-    cfg = study.config
-    start = time.perf_counter()
-    task = study.task(spec.replicate, spec.target)
-    net = build_network(study, spec, sources)
-    trainable, total = parameter_counts(net)
-    outcome = train_network(net, task, cfg.train, cfg.eval, copied=spec.copied,
-                            data_seed=derive_seed("data", cfg.seed, spec.key), flip=study.data.flip_ok,
-                            on_epoch=progress.epoch_done if progress else None)
-    if spec.role == "base" and outcome.status == "done":
-        store.save_weights(spec.key, net.state_dict())
-        sources[spec.key] = net
-    record = _record(study, spec, status=outcome.status, history=outcome.history, metrics=outcome.metrics,
-                     diverged_epoch=outcome.diverged_epoch, trainable_params=trainable, total_params=total,
-                     wall_time_s=time.perf_counter() - start)
-    store.record(record)
-    return record
-
-
-def _load_source(study: Study, store: Store, key: str, spec: RunSpec) -> CutNet:
-    net = study.new_network(spec, spec.source, key)  # type: ignore[arg-type]
-    net.load_state_dict(store.load_weights(key))
-    return net
-
-
 @dataclass
 class StudyResult:
     output: Path
@@ -151,48 +93,90 @@ class StudyResult:
         return self.frame[self.frame["status"] != "done"]
 
 
+def make_executor(config: StudyConfig, store: Store, study: Study):
+    """The executor that ``[execution]`` asks for."""
+    from transferscope.executors import ProcessExecutor, SerialExecutor, default_workers
+
+    if config.execution.executor == "ray":
+        from transferscope.ray_executor import RayExecutor
+
+        return RayExecutor(config, store.root)
+    workers = default_workers(config)
+    if workers == 1:
+        return SerialExecutor(config, store.root, study)
+    return ProcessExecutor(config, store.root, workers)
+
+
 def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True, report: bool = True) -> StudyResult:
     """Run (or resume) the whole study in ``output`` and return its table of runs.
+
+    Runs execute as jobs (see treatments.group_jobs) on the executor of ``[execution]``; a job
+    is submitted once the base network it copies from is recorded. Each finished run is recorded
+    the moment it arrives.
 
     >>> from transferscope import load_config, run_study
     >>> result = run_study(load_config(overrides=["train.epochs=5"]), "results/quick")  # doctest: +SKIP
     """
+    from transferscope.executors import Epoch, Finished, JobDone
+    from transferscope.runner import make_record, shares_frozen_features
+
     study = Study.prepare(config)
     store = Store(output)
     store.init(config)
     store.save_splits({r: study.split(r).to_dict() for r in range(config.treatments.replicates)})
-    torch.set_num_threads(config.train.threads)
 
-    recorded = {r["key"]: r for r in store.records()}
-    finished = {k for k, r in recorded.items() if r["status"] != "failed"}
+    recorded = {r["key"]: r["status"] for r in store.records()}
+    finished = {k for k, st in recorded.items() if st != "failed"}
     pending = [s for s in study.plan if s.key not in finished]
     bar = Progress(len(pending), len(pending) * config.train.epochs, enabled=progress)
     bar.message(study.describe())
     if finished:
         bar.message(f"resuming {store.root}: {len(finished)} of {len(study.plan)} runs already recorded, skipped")
 
-    status = {k: r["status"] for k, r in recorded.items()}
-    sources: dict[str, CutNet] = {}
-    for spec in pending:
-        dep = spec.depends_on
-        if dep is not None and status.get(dep) != "done":
-            record = _record(study, spec, status="skipped", error=f"source network {dep} is {status.get(dep, 'missing')}")
-            store.record(record)
-        else:
-            if dep is not None and dep not in sources:
-                sources[dep] = _load_source(study, store, dep, spec)
-            bar.run_started(spec.key, config.train.epochs)
-            try:
-                record = execute_run(study, spec, store, sources, bar)
-            except UserError:
-                raise
-            except Exception as e:  # a crash in one run must not end the study
-                record = _record(study, spec, status="failed", error=f"{type(e).__name__}: {e}",
-                                 traceback=traceback.format_exc())
-                store.record(record)
-        status[spec.key] = record["status"]
-        epochs_left = config.train.epochs - len(record.get("history", []))
-        bar.run_finished(spec.key, record["status"], record.get("metrics", {}).get("test_top1"), epochs_left)
+    status = dict(recorded)
+    waiting = group_jobs(pending, shares_frozen_features(config))
+
+    def record(result_record: dict[str, Any]) -> None:
+        store.record(result_record)
+        status[result_record["key"]] = result_record["status"]
+        epochs_left = config.train.epochs - len(result_record.get("history", []))
+        bar.run_finished(result_record["key"], result_record["status"],
+                         result_record.get("metrics", {}).get("test_top1"), epochs_left)
+
+    def submit_ready(executor) -> None:
+        for job in list(waiting):
+            dep = job.depends_on
+            if dep is not None and dep not in status:
+                continue  # its source network is not trained yet
+            waiting.remove(job)
+            if dep is not None and status[dep] != "done":
+                for spec in job.specs:
+                    record(make_record(study, spec, status="skipped", error=f"source network {dep} is {status[dep]}"))
+                continue
+            executor.submit(job)
+
+    if waiting:
+        executor = make_executor(config, store, study)
+        try:
+            submit_ready(executor)
+            for event in executor.events():
+                if isinstance(event, Epoch):
+                    bar.run_started(event.run_key, config.train.epochs)
+                    bar.epoch_done(event.epoch, event.row)
+                elif isinstance(event, Finished):
+                    rec = event.result.record
+                    if event.result.weights is not None:  # before the record: a recorded base has weights
+                        store.save_weights(rec["key"], event.result.weights)
+                    record(rec)
+                elif isinstance(event, JobDone):
+                    if event.error:
+                        job_specs = [s for s in pending if s.key not in status]
+                        for spec in job_specs:
+                            if event.job_key in (spec.key, f"{spec.source_net}->{spec.target}"):
+                                record(make_record(study, spec, status="failed", error=event.error))
+                    submit_ready(executor)
+        finally:
+            executor.close()
 
     frame = store.frame()
     report_path = write_study_report(store, study) if report else None

@@ -9,7 +9,7 @@ once, on the final network. A non-finite loss ends the run as ``diverged``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +17,10 @@ import torch.nn.functional as F
 
 from transferscope.config import EvalConfig, TrainConfig
 from transferscope.data.augment import augment, normalize
-from transferscope.data.tasks import AnyPart, Task
+from transferscope.data.tasks import Batch, Task
+from transferscope.features import FrozenFeatures
 from transferscope.models.cutnet import CutNet
+from transferscope.precision import Numerics
 from transferscope.seeds import generator
 from transferscope.surgery import trainable_parameters
 
@@ -51,70 +53,131 @@ def make_optimizer(model: CutNet, cfg: TrainConfig, copied: int) -> torch.optim.
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+class PixelFeed:
+    """The naive path: uint8 images, normalised and augmented per batch, through every layer."""
+
+    start = 0
+
+    def __init__(self, task: Task, numerics: Numerics, augmented: bool, flip: bool):
+        self.task, self.numerics, self.augmented, self.flip = task, numerics, augmented, flip
+
+    def _prepare(self, xb: torch.Tensor) -> torch.Tensor:
+        return normalize(xb.to(self.numerics.device, non_blocking=True), self.task.mean, self.task.std)
+
+    def train_batches(self, epoch: int, order: torch.Tensor, batch_size: int, g: torch.Generator) -> Iterator[Batch]:
+        for xb, yb in self.task.train.batches(batch_size, order, drop_last=True):
+            xb = self._prepare(xb)
+            if self.augmented:
+                xb = augment(xb, g, self.flip)
+            yield self.numerics.prepare_input(xb), yb.to(self.numerics.device)
+
+    def eval_batches(self, part: str, batch_size: int) -> Iterator[Batch]:
+        for xb, yb in getattr(self.task, part).batches(batch_size):
+            yield self.numerics.prepare_input(self._prepare(xb)), yb.to(self.numerics.device)
+
+
+class FeatureFeed:
+    """The cached path: the frozen prefix's outputs, computed once (see features.py)."""
+
+    def __init__(self, task: Task, features: FrozenFeatures, device: torch.device):
+        self.task, self.features, self.start = task, features, features.n
+        self.labels = {p: getattr(task, p).y.to(device) for p in ("train", "val", "test")}
+
+    def train_batches(self, epoch: int, order: torch.Tensor, batch_size: int, g: torch.Generator) -> Iterator[Batch]:
+        view = self.features.train_views[epoch % len(self.features.train_views)]
+        n = len(order)
+        stop = n - n % batch_size if n >= batch_size else n
+        order = order.to(view.device)
+        for i in range(0, stop, batch_size):
+            idx = order[i : i + batch_size]
+            yield view[idx], self.labels["train"][idx]
+
+    def eval_batches(self, part: str, batch_size: int) -> Iterator[Batch]:
+        feats = getattr(self.features, part)
+        for i in range(0, feats.shape[0], batch_size):
+            yield feats[i : i + batch_size], self.labels[part][i : i + batch_size]
+
+
+Feed = PixelFeed | FeatureFeed
+
+
 @torch.no_grad()
-def evaluate(model: CutNet, part: AnyPart, task: Task, batch_size: int) -> dict[str, float]:
-    """Top-1 (and top-5 where the task has more than 5 classes) of ``model`` on ``part``."""
+def evaluate(model: CutNet, feed: Feed, part: str, numerics: Numerics, batch_size: int) -> dict[str, float]:
+    """Top-1 (and top-5 where the task has more than 5 classes) of ``model`` on a task part."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = 0
-    for xb, y in part.batches(batch_size):
-        logits = model(normalize(xb, task.mean, task.std))
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == y).sum().item()
-        correct5 += (top == y[:, None]).any(1).sum().item()
+    correct1 = correct5 = total = 0
+    with numerics.autocast():
+        for xb, y in feed.eval_batches(part, batch_size):
+            logits = model.forward_suffix(xb, feed.start) if feed.start else model(xb)
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(1).sum().item()
+            total += len(y)
     model.train(was_training)
-    out = {"top1": correct1 / len(part)}
-    if task.num_classes > 5:
-        out["top5"] = correct5 / len(part)
+    out = {"top1": correct1 / total}
+    if feed.task.num_classes > 5:
+        out["top5"] = correct5 / total
     return out
 
 
 def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, *, copied: int,
-                  data_seed: int, flip: bool = False,
+                  data_seed: int, flip: bool = False, numerics: Numerics | None = None,
+                  features: FrozenFeatures | None = None,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Outcome:
     """Train ``model`` in place on ``task`` and evaluate it. ``data_seed`` drives the data order,
-    the augmentation and dropout; ``copied`` says how many leading layers came from a source network."""
+    the augmentation and dropout; ``copied`` says how many leading layers came from a source
+    network. With ``features`` (the frozen prefix's outputs, computed once), only the layers
+    above the frozen prefix run."""
+    numerics = numerics or Numerics(torch.device("cpu"), None, False)
+    if features is not None:
+        if features.n != model.num_frozen or not model.prefix_is_constant:
+            raise ValueError(f"features of layer {features.n} do not fit a network with {model.num_frozen} frozen layers")
+        feed: Feed = FeatureFeed(task, features, numerics.device)
+    else:
+        feed = PixelFeed(task, numerics, cfg.augment, flip)
     # modules such as Dropout draw from torch's global stream: give it this run's seed, and leave
     # the caller's stream as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(data_seed)
-        return _train(model, task, cfg, eval_cfg, copied, generator(data_seed), flip, on_epoch)
+        return _train(model, feed, cfg, eval_cfg, copied, generator(data_seed), numerics, on_epoch)
 
 
-def _train(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, g: torch.Generator,
-           flip: bool, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
+def _train(model: CutNet, feed: Feed, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, g: torch.Generator,
+           numerics: Numerics, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
     opt = make_optimizer(model, cfg, copied)
-    n = len(task.train)
+    scaler = torch.amp.GradScaler(numerics.device.type, enabled=numerics.dtype == torch.float16)
+    n = len(feed.task.train)
     outcome = Outcome("done")
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch) * group["lr_scale"]
         model.train()
         order = torch.randperm(n, generator=g)
-        total, steps = torch.zeros(()), 0
+        total, steps = torch.zeros((), device=numerics.device), 0
         # the ragged last batch is dropped: BatchNorm needs more than one sample
-        for xb, yb in task.train.batches(cfg.batch_size, order, drop_last=True):
-            xb = normalize(xb, task.mean, task.std)
-            if cfg.augment:
-                xb = augment(xb, g, flip)
-            loss = F.cross_entropy(model(xb), yb)
+        for xb, yb in feed.train_batches(epoch, order, cfg.batch_size, g):
+            with numerics.autocast():
+                logits = model.forward_suffix(xb, feed.start) if feed.start else model(xb)
+                loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += loss.detach().float()
             steps += 1
-        train_loss = total.item() / steps
+        train_loss = total.item() / max(steps, 1)
         if not math.isfinite(train_loss):
             outcome.status, outcome.diverged_epoch = "diverged", epoch + 1
             break
-        val = evaluate(model, task.val, task, eval_cfg.batch_size)
+        val = evaluate(model, feed, "val", numerics, eval_cfg.batch_size)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": cfg.lr * lr_factor(cfg, epoch),
                **{f"val_{k}": v for k, v in val.items()}}
         outcome.history.append(row)
         if on_epoch is not None:
             on_epoch(epoch + 1, row)
     if outcome.status == "done":
-        test = evaluate(model, task.test, task, eval_cfg.batch_size)
+        test = evaluate(model, feed, "test", numerics, eval_cfg.batch_size)
         val_scores = sorted((h["val_top1"] for h in outcome.history), reverse=True)
         outcome.metrics = {
             **{f"test_{k}": v for k, v in test.items()},

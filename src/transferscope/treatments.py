@@ -10,8 +10,11 @@ TnT        selffer      baseT       layers 1..n copied from baseT and frozen, re
 TnT+       selffer+     baseT       the same, every layer fine-tuned
 SnT        transfer     baseS       layers 1..n copied from baseS and frozen, rest re-initialised
 SnT+       transfer+    baseS       the same, every layer fine-tuned
-randomT    random       --          layers 1..n keep their random initial weights, frozen
+randomT    random       randomT     layers 1..n keep their random initial weights, frozen
 =========  ===========  ==========  ====================================================
+
+The random control's prefix comes from one untrained network per replicate and target (key
+``r<r>-random<T>``), so its cut points share a frozen prefix like the other frozen treatments do.
 
 The study file names treatments as the paper does for target B (BnB, AnB+, ...); each is run for
 every target in ``treatments.targets`` (target A mirrors the names: AnA, BnA+, ...).
@@ -51,13 +54,45 @@ class RunSpec:
     @property
     def copied(self) -> int:
         """How many leading layers start as a copy of the source network."""
-        return self.n if self.source is not None else 0
+        return self.n if self.source_net is not None else 0
+
+    @property
+    def source_net(self) -> str | None:
+        """The network whose layers 1..n this run starts from: a base network, or for the random
+        control the untrained network of its replicate and target."""
+        if self.role == "random":
+            return f"r{self.replicate}-random{self.target}"
+        return self.depends_on
 
     @property
     def depends_on(self) -> str | None:
+        """The recorded run this one needs first."""
         return base_key(self.replicate, self.source) if self.source else None
 
 
+@dataclass(frozen=True)
+class Job:
+    """Runs executed together. A frozen group shares one source network's prefix outputs on one
+    task (see features.py): its runs differ only in the cut point."""
+
+    key: str
+    specs: tuple[RunSpec, ...]
+
+    @property
+    def depends_on(self) -> str | None:
+        return self.specs[0].depends_on
+
+
+def group_jobs(specs: list[RunSpec], share_frozen: bool) -> list[Job]:
+    """One job per run, except that frozen runs with the same source network and target form one
+    job when ``share_frozen`` (their prefix outputs are computed once). Base networks come first;
+    otherwise jobs keep plan order (a group sits where its first run was)."""
+    slots: dict[str, list[RunSpec]] = {}
+    for s in specs:
+        key = f"{s.source_net}->{s.target}" if share_frozen and s.frozen and s.source_net else s.key
+        slots.setdefault(key, []).append(s)
+    jobs = [Job(key, tuple(sorted(runs, key=lambda s: s.n))) for key, runs in slots.items()]
+    return sorted(jobs, key=lambda j: j.specs[0].role != "base")
 def base_key(replicate: int, task: str) -> str:
     return f"r{replicate}-base{task}"
 

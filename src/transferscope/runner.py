@@ -1,0 +1,154 @@
+"""Where a job's runs are built and trained, in whatever process executes them.
+
+A :class:`Runner` holds a prepared :class:`~transferscope.study.Study` and turns a
+:class:`~transferscope.treatments.Job` into finished runs: a record (everything the store keeps)
+and, for base networks, the trained weights. It writes nothing itself; the driver records each
+result as it arrives, whichever executor produced it.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from transferscope.config import StudyConfig
+from transferscope.features import FeatureBank, FrozenFeatures, plan_views
+from transferscope.models.cutnet import CutNet
+from transferscope.precision import Numerics, resolve_device
+from transferscope.provenance import provenance
+from transferscope.seeds import derive_seed
+from transferscope.surgery import freeze, parameter_counts, transplant
+from transferscope.train import train_network
+from transferscope.treatments import Job, RunSpec
+
+if TYPE_CHECKING:
+    from transferscope.study import Study
+
+StateDict = dict[str, torch.Tensor]
+EpochCallback = Callable[[str, int, dict[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    record: dict[str, Any]
+    weights: StateDict | None = None  # base networks only: the source of every copy
+
+
+def make_record(study: Study, spec: RunSpec, **fields: Any) -> dict[str, Any]:
+    split = study.split(spec.replicate)
+    seed = study.config.seed
+    return {
+        "key": spec.key, "replicate": spec.replicate, "treatment": spec.treatment, "role": spec.role,
+        "target": spec.target, "source": spec.source, "n": spec.n, "frozen_layers": spec.frozen,
+        "copied_layers": spec.copied, "source_network": spec.source_net, "depends_on": spec.depends_on,
+        "split": {"A": list(split.names("A")), "B": list(split.names("B")), "description": split.description},
+        "seeds": {"study": seed, "init": derive_seed("init", seed, spec.key), "data": derive_seed("data", seed, spec.key),
+                  "partition": derive_seed("partition", seed, spec.replicate, spec.target)},
+        "config": study.config.to_dict(), **fields, **provenance(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+class Runner:
+    def __init__(self, study: Study, load_source: Callable[[str], StateDict]):
+        self.study = study
+        self.load_source = load_source
+        cfg = study.config
+        self.numerics = Numerics.resolve(cfg.train, resolve_device(cfg.execution.device))
+        self._sources: dict[str, CutNet] = {}
+
+    # -- networks -------------------------------------------------------------------------------
+    def source_network(self, spec: RunSpec) -> CutNet:
+        """The network that donates layers 1..n: a trained base network (its weights loaded
+        once), or the untrained random network of the replicate and target."""
+        key = spec.source_net
+        assert key is not None
+        if key not in self._sources:
+            task = spec.source if spec.role != "random" else spec.target
+            net = self.study.new_network(spec, task, key)  # type: ignore[arg-type]
+            if spec.role != "random":
+                net.load_state_dict(self.load_source(key))
+            self._sources[key] = self.numerics.prepare_model(net).eval()  # type: ignore[assignment]
+        return self._sources[key]
+
+    def build_network(self, spec: RunSpec) -> CutNet:
+        """Fresh weights (the base networks' initialiser, drawn from the run's own seed), layers
+        1..n copied from the source network where the treatment has one, layers 1..frozen frozen."""
+        net = self.study.new_network(spec, spec.target, spec.key)
+        if spec.copied:
+            net = transplant(self.source_network(spec), net, spec.copied)
+        net = freeze(net, spec.frozen, bn_affine=self.study.config.treatments.frozen_bn == "train-affine")
+        return self.numerics.prepare_model(net)  # type: ignore[return-value]
+
+    # -- running ----------------------------------------------------------------------------------
+    def run_job(self, job: Job, on_epoch: EpochCallback | None = None) -> Iterator[RunResult]:
+        if job.specs[0].frozen and shares_frozen_features(self.study.config):
+            yield from self._run_frozen_group(job, on_epoch)
+        else:
+            for spec in job.specs:
+                yield self.run(spec, on_epoch)
+
+    def _run_frozen_group(self, job: Job, on_epoch: EpochCallback | None) -> Iterator[RunResult]:
+        first = job.specs[0]
+        cfg = self.study.config.train
+        task = self.study.task(first.replicate, first.target)
+        try:
+            source = self.source_network(first)
+            views = plan_views(source, task, self.numerics, tuple(s.n for s in job.specs), cfg.feature_views,
+                               cfg.augment, cfg.feature_memory_gb * 2**30)
+            if views == 0:
+                raise _Recompute
+            bank = FeatureBank(source, task, self.numerics, views=views, augmented=cfg.augment,
+                               flip=self.study.data.flip_ok,
+                               seed=derive_seed("views", self.study.config.seed, first.source_net, first.target))
+        except _Recompute:
+            for spec in job.specs:
+                yield self.run(spec, on_epoch)
+            return
+        for spec in job.specs:
+            start = time.perf_counter()
+            feats = bank.at(spec.n)
+            yield self.run(spec, on_epoch, features=feats, feature_time=time.perf_counter() - start)
+
+    def run(self, spec: RunSpec, on_epoch: EpochCallback | None = None, features: FrozenFeatures | None = None,
+            feature_time: float = 0.0) -> RunResult:
+        """Train one run. A crash is recorded as a failed run rather than ending the study."""
+        start = time.perf_counter()
+        try:
+            net = self.build_network(spec)
+            trainable, total = parameter_counts(net)
+            cfg = self.study.config
+            outcome = train_network(
+                net, self.study.task(spec.replicate, spec.target), cfg.train, cfg.eval, copied=spec.copied,
+                data_seed=derive_seed("data", cfg.seed, spec.key), flip=self.study.data.flip_ok,
+                numerics=self.numerics, features=features,
+                on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
+        except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)
+            return RunResult(make_record(self.study, spec, status="failed", error=f"{type(e).__name__}: {e}",
+                                         traceback=traceback.format_exc(), wall_time_s=time.perf_counter() - start))
+        cache = ({"views": len(features.train_views), "memory_mb": round(features.nbytes / 2**20, 2),
+                  "build_time_s": round(feature_time, 3)} if features is not None else None)
+        record = make_record(
+            self.study, spec, status=outcome.status, history=outcome.history, metrics=outcome.metrics,
+            diverged_epoch=outcome.diverged_epoch, trainable_params=trainable, total_params=total,
+            wall_time_s=time.perf_counter() - start + feature_time, precision=self.numerics.name,
+            device=str(self.numerics.device), feature_cache=cache)
+        weights = None
+        if spec.role == "base" and outcome.status == "done":
+            weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        return RunResult(record, weights)
+
+
+class _Recompute(Exception):
+    """This frozen group cannot share cached features; its runs recompute their prefix."""
+
+
+def shares_frozen_features(config: StudyConfig) -> bool:
+    """Whether frozen runs train on cached prefix outputs: asked for, and the prefix is truly
+    constant (with trainable BatchNorm affine parameters it is not)."""
+    return config.train.frozen_features == "cached" and config.treatments.frozen_bn == "fixed"
