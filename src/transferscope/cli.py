@@ -45,13 +45,19 @@ def run(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Results directory [default: results/<study name>].")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every run and what it depends on) and stop.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local or ray (= --set execution.executor=...).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address, e.g. 10.0.0.5:6379.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Local worker processes (= --set execution.workers=N).")] = None,
 ) -> None:
     """Run (or resume) a study: split the classes, train the base networks, every treatment at
     every cut point, then write the report."""
     from transferscope.config import load_config
     from transferscope.study import Study, run_study
 
-    config = load_config(study_file, set_)
+    shortcuts = [f"execution.{k}={v}" for k, v in (("executor", executor), ("workers", workers)) if v is not None]
+    if address is not None:
+        shortcuts.append(f'execution.address="{address}"')
+    config = load_config(study_file, [*set_, *shortcuts])
     out = output or _default_output(study_file)
     if dry_run:
         study = Study.prepare(config)

@@ -23,7 +23,7 @@ from transferscope.provenance import provenance
 from transferscope.seeds import derive_seed
 from transferscope.store import Store
 from transferscope.surgery import check_cut
-from transferscope.treatments import RunSpec, build_plan, group_jobs
+from transferscope.treatments import Job, RunSpec, build_plan, group_jobs
 
 
 @dataclass
@@ -135,13 +135,15 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
 
     status = dict(recorded)
     waiting = group_jobs(pending, shares_frozen_features(config))
+    submitted: dict[str, Job] = {}
+    recorded_now: set[str] = set()
 
-    def record(result_record: dict[str, Any]) -> None:
-        store.record(result_record)
-        status[result_record["key"]] = result_record["status"]
-        epochs_left = config.train.epochs - len(result_record.get("history", []))
-        bar.run_finished(result_record["key"], result_record["status"],
-                         result_record.get("metrics", {}).get("test_top1"), epochs_left)
+    def record(rec: dict[str, Any]) -> None:
+        store.record(rec)
+        status[rec["key"]] = rec["status"]
+        recorded_now.add(rec["key"])
+        bar.run_finished(rec["key"], rec["status"], rec.get("metrics", {}).get("test_top1"),
+                         config.train.epochs - len(rec.get("history", [])))
 
     def submit_ready(executor) -> None:
         for job in list(waiting):
@@ -153,6 +155,7 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
                 for spec in job.specs:
                     record(make_record(study, spec, status="skipped", error=f"source network {dep} is {status[dep]}"))
                 continue
+            submitted[job.key] = job
             executor.submit(job)
 
     if waiting:
@@ -165,14 +168,15 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
                     bar.epoch_done(event.epoch, event.row)
                 elif isinstance(event, Finished):
                     rec = event.result.record
+                    if rec["key"] in recorded_now:
+                        continue  # delivered again by a retried task: the first one counts
                     if event.result.weights is not None:  # before the record: a recorded base has weights
                         store.save_weights(rec["key"], event.result.weights)
                     record(rec)
                 elif isinstance(event, JobDone):
-                    if event.error:
-                        job_specs = [s for s in pending if s.key not in status]
-                        for spec in job_specs:
-                            if event.job_key in (spec.key, f"{spec.source_net}->{spec.target}"):
+                    if event.error:  # the job could not finish: its unfinished runs fail
+                        for spec in submitted[event.job_key].specs:
+                            if spec.key not in recorded_now:
                                 record(make_record(study, spec, status="failed", error=event.error))
                     submit_ready(executor)
         finally:
