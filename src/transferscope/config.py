@@ -44,6 +44,9 @@ class DataConfig(_Section):
     memory_limit_gb: float = Field(8.0, gt=0)
     #: DataLoader worker processes for streamed datasets
     workers: int = Field(2, ge=0)
+    #: random horizontal flips in augmentation; None: where the dataset allows them (photos, not
+    #: digits or characters)
+    flip: bool | None = None
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
 

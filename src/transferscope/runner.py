@@ -104,7 +104,7 @@ class Runner:
             if views == 0:
                 raise _Recompute
             bank = FeatureBank(source, task, self.numerics, views=views, augmented=cfg.augment,
-                               flip=self.study.data.flip_ok,
+                               flip=self.study.flip,
                                seed=derive_seed("views", self.study.config.seed, first.source_net, first.target))
         except _Recompute:
             for spec in job.specs:
@@ -125,7 +125,7 @@ class Runner:
             cfg = self.study.config
             outcome = train_network(
                 net, self.study.task(spec.replicate, spec.target), cfg.train, cfg.eval, copied=spec.copied,
-                data_seed=derive_seed("data", cfg.seed, spec.key), flip=self.study.data.flip_ok,
+                data_seed=derive_seed("data", cfg.seed, spec.key), flip=self.study.flip,
                 numerics=self.numerics, features=features,
                 on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
         except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)

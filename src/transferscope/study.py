@@ -71,6 +71,11 @@ class Study:
         return create_model(m.arch, self.task(spec.replicate, task).num_classes, self.data.image_shape,
                             m.options, init_seed=derive_seed("init", self.config.seed, seed_key))
 
+    @property
+    def flip(self) -> bool:
+        """Whether augmentation flips images horizontally."""
+        return self.config.data.flip if self.config.data.flip is not None else self.data.flip_ok
+
     def describe(self) -> str:
         t = self.config.treatments
         lines = [f"dataset {self.config.data.dataset} ({self.data.num_classes} classes, {len(self.data.y)} images), "
