@@ -131,16 +131,19 @@ def datasets() -> None:
     from transferscope.data import list_datasets
 
     for name, desc in list_datasets().items():
-        typer.echo(f"{name:<16} {desc}")
+        typer.echo(f"{name:<14} {desc}")
 
 
 @app.command()
 def models() -> None:
-    """The registered architectures and their options."""
-    from transferscope.models import list_models, model_options
+    """The registered architectures: their layers (cut points) and options."""
+    from transferscope.models import layer_names, list_models, model_options
 
     for name, desc in list_models().items():
-        typer.echo(f"{name:<16} {desc}\n{'':<16} options: {model_options(name)}")
+        names = layer_names(name)
+        typer.echo(f"{name:<20} {desc}\n{'':<20} layers: {', '.join(f'{i}={n}' for i, n in enumerate(names, 1))}; "
+                   f"cut points 1..{len(names) - 1} (at 32x32 RGB input, default options)\n"
+                   f"{'':<20} options: {model_options(name)}")
 
 
 def main() -> None:

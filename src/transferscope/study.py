@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from transferscope.config import StudyConfig
 from transferscope.data import ImageData, load_dataset
@@ -41,7 +42,8 @@ class Study:
     @classmethod
     def prepare(cls, config: StudyConfig) -> Study:
         data = load_dataset(config.data)
-        probe = create_model(config.model.arch, 2, data.image_shape, config.model.options)
+        with torch.device("meta"):  # the layer structure only: no weights allocated
+            probe = create_model(config.model.arch, 2, data.image_shape, config.model.options)
         if config.treatments.cut_points == "all":
             cuts = tuple(probe.cut_points)
         else:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from transferscope.models.cutnet import CutNet
+from transferscope.models.inputs import check_dropout
 from transferscope.models.registry import register_model
 
 
@@ -32,12 +33,19 @@ def _fc_block(fin: int, fout: int, dropout: float, flatten: bool) -> nn.Sequenti
 @register_model("convnet", "paper-style conv net for 8-64 px images: conv layers (BN, ReLU, max-pool) then fc layers")
 def convnet(num_classes: int, image_shape: tuple[int, int, int], widths: Sequence[int] = (32, 64, 128),
             fc: Sequence[int] = (128, 64), norm: str = "batch", dropout: float = 0.0) -> CutNet:
-    """``widths``: channels of each conv layer (each halves the image side while it is >= 2);
-    ``fc``: widths of the hidden fully connected layers; ``norm``: "batch" or "none"."""
+    """``widths``: channels of each conv layer (each halves the image side while the shorter side
+    is >= 2, so any image size works, grey or colour, square or not); ``fc``: widths of the hidden
+    fully connected layers; together they give the depth, len(widths) + len(fc) + 1 layers.
+    ``norm``: "batch" or "none"; ``dropout``: after each hidden fc layer."""
     if norm not in ("batch", "none"):
         raise ValueError(f"norm must be 'batch' or 'none', not {norm!r}")
+    for option, values in (("widths", widths), ("fc", fc)):
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            raise ValueError(f"{option} must be a list of positive integers, not {values!r}")
     if not widths:
-        raise ValueError("widths needs at least one conv layer")
+        raise ValueError("widths must list at least one conv layer")
+    check_dropout(dropout)
     channels, h, w = image_shape
     blocks: list[nn.Module] = []
     names: list[str] = []
