@@ -124,3 +124,12 @@ def test_digits_is_bundled_and_uint8():
     assert d.x.max() == 255 and d.class_names[3] == "3"
     with pytest.raises(UserError, match="data.dataset: unknown dataset 'nope'; available: .*digits"):
         load_dataset("nope")
+
+
+def test_train_per_class_takes_a_seeded_subset_of_the_same_partition():
+    data = toy(per_class=40)
+    full = make_task(data, "A", (0, 1), 0.25, 0.25, seed=3)
+    small = make_task(data, "A", (0, 1), 0.25, 0.25, seed=3, train_per_class=5)
+    assert torch.bincount(small.train.y).tolist() == [5, 5]
+    assert torch.equal(small.test.x, full.test.x) and torch.equal(small.val.x, full.val.x)
+    assert set(small.train.x[:, 0, 0, 0].tolist()) <= set(full.train.x[:, 0, 0, 0].tolist())

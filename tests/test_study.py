@@ -89,3 +89,28 @@ def test_report_written(small_study):
         assert (report / name).stat().st_size > 0, name
     text = (report / "report.md").read_text()
     assert "digits" in text and "convnet" in text
+
+
+def test_fine_tuned_weights_kept_by_default(small_study):
+    assert (small_study.output / "weights" / "r0-AnB+-n1.safetensors").exists()
+    assert not (small_study.output / "weights" / "r0-randomB-n1.safetensors").exists()
+
+
+def test_target_sizes_repeat_the_transfer_treatments_on_less_data(tmp_path):
+    cfg = load_config(None, [*TINY, "treatments.cut_points=[1]", "treatments.target_sizes=[0.25, 3]",
+                             'treatments.targets=["B"]', "train.epochs=1"])
+    res = run_study(cfg, tmp_path, progress=False)
+    f = res.frame
+    small = f[f["target_size"].notna()]
+    assert set(small["key"]) == {"r0-baseB-s25pct", "r0-AnB-n1-s25pct", "r0-AnB+-n1-s25pct",
+                                 "r0-baseB-s3pc", "r0-AnB-n1-s3pc", "r0-AnB+-n1-s3pc"}
+    full_images = int(f.loc[f["key"] == "r0-baseB", "train_images"].iloc[0])
+    per_size = dict(zip(small["key"], small["train_images"]))
+    assert per_size["r0-baseB-s3pc"] == 3 * 5
+    assert abs(per_size["r0-AnB-n1-s25pct"] - full_images / 4) <= 5
+    # the transfers still copy from the base network trained on all of A
+    rec = json.loads((tmp_path / "runs" / "r0-AnB-n1-s3pc.json").read_text())
+    assert rec["depends_on"] == "r0-baseA" and rec["target_size"] == 3
+    # the per-layer report uses the full-data runs only
+    table = (tmp_path / "report" / "layers.csv").read_text()
+    assert table.count("\n") > 3

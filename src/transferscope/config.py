@@ -47,6 +47,8 @@ class DataConfig(_Section):
     #: random horizontal flips in augmentation; None: where the dataset allows them (photos, not
     #: digits or characters)
     flip: bool | None = None
+    #: at most this many training images per class (a seeded subset; None: all of them)
+    train_per_class: int | None = Field(None, ge=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
 
@@ -101,6 +103,10 @@ class TreatmentConfig(_Section):
     cut_points: tuple[int, ...] | Literal["all"] = "all"
     targets: tuple[Literal["A", "B"], ...] = ("B", "A")
     replicates: int = Field(3, ge=1)
+    #: freeze or fine-tune, by target size: repeat the transfer treatments (AnB, AnB+) and a base
+    #: network from scratch with less target training data, each size a fraction of every class's
+    #: training images (0.05) or a number of images per class (10)
+    target_sizes: tuple[float | int, ...] = ()
     #: BatchNorm in frozen layers: "fixed" (statistics and affine parameters frozen, the default)
     #: or "train-affine" (statistics frozen, the affine scale and shift train)
     frozen_bn: Literal["fixed", "train-affine"] = "fixed"
@@ -110,6 +116,19 @@ class TreatmentConfig(_Section):
     def _all_or_layers(cls, v: Any) -> Any:
         if isinstance(v, str) and v != "all":
             raise ValueError("expected \"all\" or a list of layer numbers such as [1, 2, 3]")
+        return v
+
+    @field_validator("target_sizes")
+    @classmethod
+    def _sizes(cls, v: tuple) -> tuple:
+        for size in v:
+            if isinstance(size, float) and not 0 < size < 1:
+                raise ValueError(f"a fraction must be between 0 and 1 (exclusive), got {size}; "
+                                 "the full data is always run")
+            if isinstance(size, int) and size < 1:
+                raise ValueError(f"images per class must be >= 1, got {size}")
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat a size")
         return v
 
     @field_validator("names", "targets")
@@ -178,6 +197,10 @@ class EvalConfig(_Section):
 
     best_k: int = Field(5, ge=1)
     batch_size: int = Field(512, ge=1)
+    #: which trained networks keep their weights (safetensors): the base networks (the sources of
+    #: every copy, always kept), also the fine-tuned ones (for the analyses of how far fine-tuning
+    #: moves each layer), or every run
+    save_weights: Literal["bases", "bases+finetuned", "all"] = "bases+finetuned"
 
 
 class StudyConfig(_Section):

@@ -117,7 +117,7 @@ class RayExecutor:
                     yield Epoch(item[1], item[2], item[3])
                 else:
                     result: RunResult = item[1]
-                    if result.weights is not None:
+                    if result.record["role"] == "base" and result.weights is not None:
                         self.base_results[result.record["key"]] = ref
                     yield Finished(job.key, result)
 

@@ -44,7 +44,8 @@ def make_record(study: Study, spec: RunSpec, **fields: Any) -> dict[str, Any]:
     seed = study.config.seed
     return {
         "key": spec.key, "replicate": spec.replicate, "treatment": spec.treatment, "role": spec.role,
-        "target": spec.target, "source": spec.source, "n": spec.n, "frozen_layers": spec.frozen,
+        "target": spec.target, "source": spec.source, "n": spec.n, "target_size": spec.size,
+        "train_images": len(study.task(*spec.task_key).train), "frozen_layers": spec.frozen,
         "copied_layers": spec.copied, "source_network": spec.source_net, "depends_on": spec.depends_on,
         "split": {"A": list(split.names("A")), "B": list(split.names("B")), "description": split.description},
         "seeds": {"study": seed, "init": derive_seed("init", seed, spec.key), "data": derive_seed("data", seed, spec.key),
@@ -96,7 +97,7 @@ class Runner:
     def _run_frozen_group(self, job: Job, on_epoch: EpochCallback | None) -> Iterator[RunResult]:
         first = job.specs[0]
         cfg = self.study.config.train
-        task = self.study.task(first.replicate, first.target)
+        task = self.study.task(*first.task_key)
         try:
             source = self.source_network(first)
             views = plan_views(source, task, self.numerics, tuple(s.n for s in job.specs), cfg.feature_views,
@@ -124,7 +125,7 @@ class Runner:
             trainable, total = parameter_counts(net)
             cfg = self.study.config
             outcome = train_network(
-                net, self.study.task(spec.replicate, spec.target), cfg.train, cfg.eval, copied=spec.copied,
+                net, self.study.task(*spec.task_key), cfg.train, cfg.eval, copied=spec.copied,
                 data_seed=derive_seed("data", cfg.seed, spec.key), flip=self.study.flip,
                 numerics=self.numerics, features=features,
                 on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
@@ -139,13 +140,22 @@ class Runner:
             wall_time_s=time.perf_counter() - start + feature_time, precision=self.numerics.name,
             device=str(self.numerics.device), feature_cache=cache)
         weights = None
-        if spec.role == "base" and outcome.status == "done":
+        if outcome.status == "done" and keeps_weights(self.study.config, spec):
             weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         return RunResult(record, weights)
 
 
 class _Recompute(Exception):
     """This frozen group cannot share cached features; its runs recompute their prefix."""
+
+
+def keeps_weights(config: StudyConfig, spec: RunSpec) -> bool:
+    """Base networks trained on all their data always keep their weights (every copy starts from
+    them); ``eval.save_weights`` adds the fine-tuned networks, or every run."""
+    mode = config.eval.save_weights
+    if spec.role == "base" and spec.size is None:
+        return True
+    return mode == "all" or (mode == "bases+finetuned" and spec.role.endswith("+"))
 
 
 def shares_frozen_features(config: StudyConfig) -> bool:

@@ -140,7 +140,8 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     for r in records:
         rows.append({
             "key": r["key"], "replicate": r["replicate"], "treatment": r["treatment"], "role": r["role"],
-            "target": r["target"], "source": r["source"], "n": r["n"], "status": r["status"],
+            "target": r["target"], "source": r["source"], "n": r["n"], "target_size": r.get("target_size"),
+            "train_images": r.get("train_images"), "status": r["status"],
             **r.get("metrics", {}),
             "trainable_params": r.get("trainable_params"), "total_params": r.get("total_params"),
             "wall_time_s": r.get("wall_time_s"), "epochs_run": len(r.get("history", [])),

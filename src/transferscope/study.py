@@ -17,7 +17,7 @@ import torch
 from transferscope.config import StudyConfig
 from transferscope.data import ImageData, load_dataset
 from transferscope.data.splits import ClassSplit, split_classes
-from transferscope.data.tasks import Task, make_task
+from transferscope.data.tasks import Task, make_task, reduce_train
 from transferscope.models import CutNet, create_model
 from transferscope.progress import Progress
 from transferscope.provenance import provenance
@@ -37,7 +37,7 @@ class Study:
     cut_points: tuple[int, ...]
     plan: list[RunSpec]
     _splits: dict[int, ClassSplit] = field(default_factory=dict)
-    _tasks: dict[tuple[int, str], Task] = field(default_factory=dict)
+    _tasks: dict[tuple[int, str, float | int | None], Task] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, config: StudyConfig) -> Study:
@@ -60,13 +60,19 @@ class Study:
             self._splits[replicate] = split_classes(self.config.split, self.data, replicate)
         return self._splits[replicate]
 
-    def task(self, replicate: int, name: str) -> Task:
-        if (replicate, name) not in self._tasks:
+    def task(self, replicate: int, name: str, size: float | int | None = None) -> Task:
+        """Task ``name`` of a replicate, with all of its training images or a reduced ``size``."""
+        if size is not None:
+            if (replicate, name, size) not in self._tasks:
+                self._tasks[replicate, name, size] = reduce_train(self.task(replicate, name), size)
+            return self._tasks[replicate, name, size]
+        if (replicate, name, None) not in self._tasks:
             d = self.config.data
-            self._tasks[replicate, name] = make_task(
+            self._tasks[replicate, name, None] = make_task(
                 self.data, name, self.split(replicate).classes(name), d.val_fraction, d.test_fraction,
-                seed=derive_seed("partition", self.config.seed, replicate, name), workers=d.workers)
-        return self._tasks[replicate, name]
+                seed=derive_seed("partition", self.config.seed, replicate, name), workers=d.workers,
+                train_per_class=d.train_per_class)
+        return self._tasks[replicate, name, None]
 
     def new_network(self, spec: RunSpec, task: str, seed_key: str) -> CutNet:
         m = self.config.model
@@ -222,4 +228,6 @@ def write_study_report(store: Store, study: Study | None = None) -> Path:
                      f"Provenance: transferscope commit {prov['git']['commit']} (dirty: {prov['git']['dirty']}), "
                      f"torch {prov['versions']['torch']}, python {prov['versions']['python']}."),
     )
-    return write_report(store.frame(), meta, store.root / "report")
+    frame = store.frame()
+    full = frame[frame["target_size"].isna()] if "target_size" in frame else frame
+    return write_report(full, meta, store.root / "report")

@@ -45,6 +45,9 @@ class RunSpec:
     target: str  # "A" or "B"
     source: str | None
     n: int  # 0 for base networks
+    #: reduced target data: a fraction (float) or images per class (int) of the training part;
+    #: None for the full study
+    size: float | int | None = None
 
     @property
     def frozen(self) -> int:
@@ -66,8 +69,18 @@ class RunSpec:
 
     @property
     def depends_on(self) -> str | None:
-        """The recorded run this one needs first."""
+        """The recorded run this one needs first: always a base network trained on all of its data."""
         return base_key(self.replicate, self.source) if self.source else None
+
+    @property
+    def task_key(self) -> tuple[int, str, float | int | None]:
+        """The training data this run sees: replicate, target task and size."""
+        return self.replicate, self.target, self.size
+
+
+def size_label(size: float | int) -> str:
+    """``0.05`` -> ``5pct`` (a fraction of each class), ``10`` -> ``10pc`` (images per class)."""
+    return f"{size * 100:g}pct" if isinstance(size, float) else f"{size}pc"
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,8 @@ def group_jobs(specs: list[RunSpec], share_frozen: bool) -> list[Job]:
     otherwise jobs keep plan order (a group sits where its first run was)."""
     slots: dict[str, list[RunSpec]] = {}
     for s in specs:
-        key = f"{s.source_net}->{s.target}" if share_frozen and s.frozen and s.source_net else s.key
+        key = (f"{s.source_net}->{s.target}" + (f"@{size_label(s.size)}" if s.size is not None else "")
+               if share_frozen and s.frozen and s.source_net else s.key)
         slots.setdefault(key, []).append(s)
     jobs = [Job(key, tuple(sorted(runs, key=lambda s: s.n))) for key, runs in slots.items()]
     return sorted(jobs, key=lambda j: j.specs[0].role != "base")
@@ -97,14 +111,15 @@ def base_key(replicate: int, task: str) -> str:
     return f"r{replicate}-base{task}"
 
 
-def _spec(replicate: int, name: str, target: str, n: int) -> RunSpec:
+def _spec(replicate: int, name: str, target: str, n: int, size: float | int | None = None) -> RunSpec:
     role = ROLES[name]
+    suffix = f"-s{size_label(size)}" if size is not None else ""
     if role == "random":
-        return RunSpec(f"r{replicate}-random{target}-n{n}", replicate, f"random{target}", role, target, None, n)
+        return RunSpec(f"r{replicate}-random{target}-n{n}{suffix}", replicate, f"random{target}", role, target, None, n, size)
     source = target if role.startswith("selffer") else other(target)
     plus = "+" if role.endswith("+") else ""
     treatment = f"{source}n{target}{plus}"
-    return RunSpec(f"r{replicate}-{treatment}-n{n}", replicate, treatment, role, target, source, n)
+    return RunSpec(f"r{replicate}-{treatment}-n{n}{suffix}", replicate, treatment, role, target, source, n, size)
 
 
 def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec]:
@@ -119,4 +134,12 @@ def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec
         for n in cut_points:
             for target in t.targets:
                 plan += [_spec(r, name, target, n) for name in t.names if name != "base"]
+    # freeze or fine-tune, by target size: the transfer treatments again on less target data,
+    # beside a base network trained from scratch on that same data
+    for size in t.target_sizes:
+        for r in range(t.replicates):
+            for target in t.targets:
+                plan.append(RunSpec(f"{base_key(r, target)}-s{size_label(size)}", r, f"base{target}", "base",
+                                    target, None, 0, size))
+                plan += [_spec(r, name, target, n, size) for n in cut_points for name in ("AnB", "AnB+")]
     return plan

@@ -103,8 +103,24 @@ def _per_class(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tu
     return idx[:k], idx[k:]
 
 
+def reduce_train(task: Task, size: float | int) -> Task:
+    """The same task with fewer training images per class: a fraction of each class (at least
+    one image) or a number of images per class. Smaller sizes are subsets of larger ones, and the
+    validation and test parts are unchanged."""
+    y = task.train.y
+    keep = []
+    for c in range(task.num_classes):
+        idx = torch.nonzero(y == c).flatten()  # the partition already shuffled each class
+        count = max(1, round(len(idx) * size)) if isinstance(size, float) else min(int(size), len(idx))
+        keep.append(idx[:count])
+    sel = torch.cat(keep).sort().values
+    train = task.train
+    part = Part(train.x[sel], y[sel]) if isinstance(train, Part) else StreamPart(train.reader, train.index[sel], y[sel], train.workers)
+    return Task(task.name, task.class_names, part, task.val, task.test, task.mean, task.std)
+
+
 def make_task(data: ImageData, name: str, classes: tuple[int, ...], val_fraction: float,
-              test_fraction: float, seed: int, workers: int = 2) -> Task:
+              test_fraction: float, seed: int, workers: int = 2, train_per_class: int | None = None) -> Task:
     rng = np.random.default_rng(seed)
     y_all = data.y.numpy()
     official = data.is_test.numpy() if data.is_test is not None else None
@@ -117,6 +133,8 @@ def make_task(data: ImageData, name: str, classes: tuple[int, ...], val_fraction
         else:
             test, rest = _per_class(idx, test_fraction, rng)
         val, train = _per_class(rest, val_fraction / (1 - (0 if official is not None else test_fraction)), rng)
+        if train_per_class is not None:
+            train = train[:train_per_class]  # already in random order
         if min(len(test), len(val), len(train)) < 1:
             raise UserError(f"data: class {data.class_names[c]!r} has {len(idx)} images, too few for "
                             f"val_fraction={val_fraction} and test_fraction={test_fraction}; each part needs one")
