@@ -73,3 +73,21 @@ def test_a_killed_worker_costs_a_retry_not_the_study(tmp_path):
     assert len(records) == 2 + 2 * 2 * 5  # every run recorded exactly once (one file per key)
     assert table(out).equals(table(twin))
     assert not list(out.rglob("*.tmp"))
+
+
+def test_workers_end_with_a_killed_driver(tmp_path):
+    args = [CLI, "run", "-o", str(tmp_path), "-q", *[f"--set={s}" for s in [*STUDY, "execution.workers=2", "train.epochs=20"]]]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 60, []
+    while time.time() < deadline and len(workers) < 2:
+        workers = _workers(proc.pid)
+        time.sleep(0.05)
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert not alive, f"orphaned workers: {alive}"

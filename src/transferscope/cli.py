@@ -4,6 +4,7 @@ turns its options into a :class:`StudyConfig` or a path and calls the library.""
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -147,4 +148,6 @@ def models() -> None:
 
 
 def main() -> None:
+    # SIGTERM ends the study like Ctrl-C: worker processes are stopped, what is recorded stays
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(app())

@@ -15,6 +15,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Iterator
@@ -95,8 +97,20 @@ class SerialExecutor:
                 yield Finished(job.key, result)
             yield JobDone(job.key)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         pass
+
+
+def _exit_with_parent() -> None:
+    """A worker ends when the driver is gone (killed with SIGKILL, say), even mid-run."""
+    parent = mp.parent_process()
+
+    def watch() -> None:
+        while parent is not None and parent.is_alive():
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _worker_main(config_dict: dict, store_root: str, threads: int, jobs: mp.Queue, events: mp.Queue) -> None:
@@ -104,6 +118,7 @@ def _worker_main(config_dict: dict, store_root: str, threads: int, jobs: mp.Queu
     from transferscope.config import config_from_dict
     from transferscope.study import Study
 
+    _exit_with_parent()
     torch.set_num_threads(threads)
     study = Study.prepare(config_from_dict(config_dict))
     runner = Runner(study, _load_weights(store_root))
@@ -210,10 +225,14 @@ class ProcessExecutor:
                 self._dispatch()
                 yield JobDone(msg[1], msg[2])
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers: let them finish their queue, or with ``abort`` end them now."""
         for proc, jobs in self.workers:
             if proc.is_alive():
-                jobs.put(None)
+                if abort:
+                    proc.kill()
+                else:
+                    jobs.put(None)
         for proc, _ in self.workers:
             proc.join(timeout=5)
             if proc.is_alive():

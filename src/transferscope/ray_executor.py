@@ -121,7 +121,7 @@ class RayExecutor:
                         self.base_results[result.record["key"]] = ref
                     yield Finished(job.key, result)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         for gen in self.running:
             self.ray.cancel(gen, force=True)
         self.running.clear()

@@ -173,6 +173,7 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
 
     if waiting:
         executor = make_executor(config, store, study)
+        completed = False
         try:
             submit_ready(executor)
             for event in executor.events():
@@ -192,8 +193,9 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
                             if spec.key not in recorded_now:
                                 record(make_record(study, spec, status="failed", error=event.error))
                     submit_ready(executor)
+            completed = True
         finally:
-            executor.close()
+            executor.close(abort=not completed)
 
     frame = store.frame()
     report_path = write_study_report(store, study) if report else None
