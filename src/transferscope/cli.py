@@ -86,7 +86,7 @@ def status(directory: Annotated[Path, typer.Argument(help="A study's results dir
     from transferscope.study import Study
 
     store = Store(directory)
-    study = Study.prepare(store.load_config())
+    study = Study.prepare(store.load_config(), splits=store.load_splits())
     recorded = {r["key"]: r for r in store.records()}
     counts = Counter(recorded[s.key]["status"] if s.key in recorded else "pending" for s in study.plan)
     typer.echo(f"{directory}: {len(study.plan)} runs: " + ", ".join(
@@ -112,7 +112,10 @@ def export(
         raise UserError(f"--format: unknown format {format!r}; allowed: csv")
     frame = load_results(str(directory))
     path = out or directory / "runs.csv"
-    frame.to_csv(path, index=False)
+    try:
+        frame.to_csv(path, index=False)
+    except OSError as e:
+        raise UserError(f"--out: cannot write {path} ({e.strerror or e})") from None
     typer.echo(f"{len(frame)} runs -> {path}")
 
 

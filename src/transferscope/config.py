@@ -308,8 +308,21 @@ def config_from_dict(tree: dict[str, Any], source: str = "configuration") -> Stu
         raise UserError(_format_errors(err, source)) from None
 
 
+#: configuration values that are paths: relative ones are resolved against the study file's folder
+#: (or the current directory, for --set), so a study means the same files from anywhere
+PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("split", "file"), ("split", "groups_file"))
+
+
+def _absolute_paths(tree: dict[str, Any], base: Path) -> None:
+    for table, key in PATH_KEYS:
+        value = tree.get(table, {}).get(key) if isinstance(tree.get(table), dict) else None
+        if isinstance(value, str) and value:
+            tree[table][key] = str((base / Path(value).expanduser()).resolve())
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
-    """Read a study file (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    """Read a study file (or the defaults when ``path`` is None) and apply ``key=value`` overrides.
+    Relative paths in the file are relative to the file's folder; in overrides, to the current one."""
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -325,9 +338,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             tree = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{path}: invalid TOML: {e}") from None
+        _absolute_paths(tree, path.resolve().parent)
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
+        if tuple(key.split(".")) in PATH_KEYS:
+            _absolute_paths(tree, Path.cwd())
     if overrides:
         source = f"{source} with --set"
     return config_from_dict(tree, source)

@@ -30,9 +30,23 @@ from transferscope.errors import UserError
 CONFIG_FILE = "config.toml"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path``, readable as an ordinary file would be (mkstemp makes
+    them owner-only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -71,7 +85,8 @@ class Store:
         return load_config(self.config_path)
 
     def init(self, config: StudyConfig) -> None:
-        """Start a new study here, or check that the one here has the same configuration."""
+        """Start a new study here, or check that the one here has the same configuration (and
+        remove the temporary files a killed process left behind)."""
         if self.exists():
             recorded = self.load_config()
             # the name and where runs execute do not change what a run computes
@@ -80,11 +95,23 @@ class Store:
             if diff:
                 raise UserError(f"{self.root}: holds a study with a different configuration (differs in "
                                 f"{', '.join(diff)}); use another --output, or the same configuration to resume")
+            for stale in [*self.root.glob("runs/.*.tmp"), *self.root.glob("weights/.*.tmp"), *self.root.glob(".*.tmp")]:
+                stale.unlink(missing_ok=True)
             return
         atomic_write(self.config_path, dump_toml(config).encode())
 
     def save_splits(self, splits: dict[int, dict[str, Any]]) -> None:
         atomic_write(self.root / "splits.json", json.dumps({f"r{r}": s for r, s in splits.items()}, indent=2).encode())
+
+    def load_splits(self) -> dict[int, dict[str, Any]]:
+        """The class splits the study ran with (so status and report need no split file)."""
+        path = self.root / "splits.json"
+        if not path.is_file():
+            return {}
+        try:
+            return {int(k[1:]): v for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: unreadable ({e}); delete it and run the study again to rewrite it") from None
 
     # -- runs -------------------------------------------------------------------------------------
     def run_path(self, key: str) -> Path:
@@ -111,8 +138,7 @@ class Store:
 
     def save_weights(self, key: str, state: dict[str, torch.Tensor]) -> None:
         path = self.weights_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _temp_beside(path)
         os.close(fd)
         try:
             save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)

@@ -40,7 +40,9 @@ class Study:
     _tasks: dict[tuple[int, str, float | int | None], Task] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, config: StudyConfig) -> Study:
+    def prepare(cls, config: StudyConfig, splits: dict[int, dict[str, Any]] | None = None) -> Study:
+        """Load the data and plan the runs. ``splits`` (as saved in splits.json) replaces
+        drawing the class splits again, e.g. for a finished study whose split file moved."""
         data = load_dataset(config.data)
         with torch.device("meta"):  # the layer structure only: no weights allocated
             probe = create_model(config.model.arch, 2, data.image_shape, config.model.options)
@@ -51,6 +53,9 @@ class Study:
             for n in cuts:
                 check_cut(probe, n, config.model.arch)
         study = cls(config, data, probe.num_layers, cuts, build_plan(config, cuts))
+        for r, saved in (splits or {}).items():
+            study._splits[r] = ClassSplit(tuple(saved["A_indices"]), tuple(saved["B_indices"]), data.class_names,
+                                          saved["description"])
         for r in range(config.treatments.replicates):
             study.split(r)  # a bad split fails now, before any training
         return study
@@ -209,7 +214,7 @@ def write_study_report(store: Store, study: Study | None = None) -> Path:
     from transferscope.report import ReportMeta, write_report
 
     if study is None:
-        study = Study.prepare(store.load_config())
+        study = Study.prepare(store.load_config(), splits=store.load_splits())
     cfg = study.config
     prov = provenance()
     meta = ReportMeta(
