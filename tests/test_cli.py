@@ -223,8 +223,8 @@ def test_several_wrong_keys_are_still_one_line(tmp_path):
 @pytest.mark.parametrize("how, mistake, patterns", [
     ("process", ["--set", "train.epochs=3"],
      [r"holds a study with a different configuration", r"differs in train\.epochs\b", r"another --output"]),
-    ("in-process", ["--set", "treatments.replicates=2", "--set", "model.options={widths=[8,4],fc=[16]}"],
-     [r"different configuration", r"model\.options\.widths", r"treatments\.replicates"]),
+    ("in-process", ["--set", "train.lr=0.0123", "--set", "model.options={widths=[8,4],fc=[16]}"],
+     [r"different configuration", r"model\.options\.widths", r"train\.lr"]),
     ("process", ["--set", "train.epochs=ten"], [r"\btrain\.epochs\b", r"'ten'"]),
     ("in-process", ["--set", "split.sizes=[8,8]"], [r"\bsplit\.sizes\b"]),
 ], ids=["different-config", "two-differing-keys", "invalid-value", "impossible-split"])

@@ -114,3 +114,15 @@ def test_target_sizes_repeat_the_transfer_treatments_on_less_data(tmp_path):
     # the per-layer report uses the full-data runs only
     table = (tmp_path / "report" / "layers.csv").read_text()
     assert table.count("\n") > 3
+
+
+def test_a_study_grows_in_place_and_keeps_what_it_recorded(tmp_path):
+    only_bases = load_config(None, [*TINY, 'treatments.names=["base"]', "execution.workers=1"])
+    run_study(only_bases, tmp_path, progress=False, report=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "runs").glob("*.json")}
+    assert set(before) == {"r0-baseA.json", "r0-baseB.json"}
+    full = load_config(None, [*TINY, "treatments.cut_points=[1]", "execution.workers=1"])
+    res = run_study(full, tmp_path, progress=False, report=False)
+    assert len(res.frame) == 2 + 2 * 5
+    assert all((tmp_path / "runs" / name).read_bytes() == data for name, data in before.items())
+    assert load_config(tmp_path / "config.toml") == full  # the saved configuration follows the plan

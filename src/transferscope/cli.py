@@ -121,12 +121,32 @@ def export(
 
 @app.command()
 @_user_errors
-def report(directory: Annotated[Path, typer.Argument(help="A study's results directory.")]) -> None:
-    """(Re)write the report of a study from its recorded runs."""
+def report(
+    directory: Annotated[Path, typer.Argument(help="A study's results directory.")],
+    compare: Annotated[Optional[Path], typer.Option("--compare", help="Another study directory (e.g. the dissimilar split): compare AnB - base with it.")] = None,
+) -> None:
+    """(Re)write the report of a study from its recorded runs (report.md and report.html)."""
     from transferscope.store import Store
     from transferscope.study import write_study_report
 
-    typer.echo(f"report: {write_study_report(Store(directory))}")
+    typer.echo(f"report: {write_study_report(Store(directory), compare=compare)}")
+
+
+@app.command()
+@_user_errors
+def estimate(
+    directory: Annotated[Path, typer.Argument(help="A study's results directory with trained base networks.")],
+    max_features: Annotated[int, typer.Option("--max-features", help="At most this many features per image; wider conv maps are average-pooled.")] = 2048,
+    max_images: Annotated[int, typer.Option("--max-images", help="At most this many images per task part.")] = 5000,
+) -> None:
+    """Predict the transfer curve without training it: LogME, H-score and a linear probe of each
+    cut point of the base networks for the other task (needs only the base networks)."""
+    from transferscope.analysis import estimate as estimate_curve
+    from transferscope.analysis import format_estimate
+
+    out = directory / "estimate.csv"
+    typer.echo(format_estimate(estimate_curve(directory, max_features=max_features, max_images=max_images, out=out)))
+    typer.echo(f"per network: {out}")
 
 
 @app.command()

@@ -28,6 +28,9 @@ from transferscope.config import StudyConfig, dump_toml, load_config
 from transferscope.errors import UserError
 
 CONFIG_FILE = "config.toml"
+#: keys that only choose which runs the study has: a study directory may be resumed with others
+PLAN_KEYS = {"treatments.names", "treatments.cut_points", "treatments.targets", "treatments.replicates",
+             "treatments.target_sizes"}
 
 
 def _umask() -> int:
@@ -89,12 +92,16 @@ class Store:
         remove the temporary files a killed process left behind)."""
         if self.exists():
             recorded = self.load_config()
-            # the name and where runs execute do not change what a run computes
-            diff = [k for k in _diff_keys(recorded.to_dict(), config.to_dict())
-                    if k != "name" and not k.startswith("execution.")]
+            # the name and where runs execute do not change what a run computes, and the plan may
+            # grow or shrink (more replicates, cut points, treatments): each run's result depends
+            # only on its own key and the rest of the configuration
+            changed = _diff_keys(recorded.to_dict(), config.to_dict())
+            diff = [k for k in changed if k != "name" and not k.startswith("execution.") and k not in PLAN_KEYS]
             if diff:
                 raise UserError(f"{self.root}: holds a study with a different configuration (differs in "
                                 f"{', '.join(diff)}); use another --output, or the same configuration to resume")
+            if changed:
+                atomic_write(self.config_path, dump_toml(config).encode())
             for stale in [*self.root.glob("runs/.*.tmp"), *self.root.glob("weights/.*.tmp"), *self.root.glob(".*.tmp")]:
                 stale.unlink(missing_ok=True)
             return

@@ -209,8 +209,12 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
     return StudyResult(store.root, frame, report_path)
 
 
-def write_study_report(store: Store, study: Study | None = None) -> Path:
-    """(Re)write the report of the study in ``store`` from its recorded runs."""
+def write_study_report(store: Store, study: Study | None = None, compare: str | Path | None = None) -> Path:
+    """(Re)write the report of the study in ``store`` from its recorded runs, with the analyses
+    (similarity, predicted curve, filters, target sizes, convergence, reading); ``compare`` names
+    another study directory (a dissimilar split, say) to compare with."""
+    from transferscope.analysis import analyze_study
+
     from transferscope.report import ReportMeta, write_report
 
     if study is None:
@@ -237,4 +241,5 @@ def write_study_report(store: Store, study: Study | None = None) -> Path:
     )
     frame = store.frame()
     full = frame[frame["target_size"].isna()] if "target_size" in frame else frame
-    return write_report(full, meta, store.root / "report")
+    analysis = analyze_study(store, study, store.root / "report", compare=compare)
+    return write_report(full, meta, store.root / "report", analysis=analysis)

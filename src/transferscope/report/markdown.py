@@ -1,9 +1,11 @@
-"""``report.md``: the study, the metric, both figures, the per-layer table, unfinished runs."""
+"""``report.md`` and ``report.html``: the study, the metric, a reading of the results, both figures,
+the per-layer table, the analyses (transferscope.analysis) when given, unfinished runs, provenance."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -22,6 +24,9 @@ from transferscope.report.tables import (
     row_label,
     write_tables,
 )
+
+if TYPE_CHECKING:
+    from transferscope.analysis import Analysis
 
 VALIDATION_METRIC = "val_best_k_mean"
 STATUS_ORDER = ("done", "diverged", "failed", "skipped")
@@ -63,11 +68,15 @@ class ReportMeta:
         return f"{self.dataset}, split {self.split}, {self.arch}, {replicates}"
 
 
-def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path) -> Path:
-    """Write fig2.png, fig3.png, layers.csv, layers.md and report.md into ``out_dir``.
+def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: Analysis | None = None) -> Path:
+    """Write fig2.png, fig3.png, layers.csv, layers.md, report.md and report.html into ``out_dir``.
 
-    Returns the path of report.md. Raises :class:`UserError` when ``df`` has no finished run.
+    ``analysis`` (from :func:`transferscope.analysis.analyze_study`, whose figures are already in
+    ``out_dir``) adds its sections, its reading and the runs' provenance. Returns the path of
+    report.md. Raises :class:`UserError` when ``df`` has no finished run.
     """
+    from transferscope.report.html import write_html
+
     out_dir = Path(out_dir)
     if len(df) == 0 or "status" not in df.columns or not (df["status"] == "done").any():
         raise UserError(f"no finished runs to report in {out_dir} ({_status_counts(df)})")
@@ -86,20 +95,39 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path) -> Path:
         f"# Transferability of features: {meta.dataset}\n",
         _study_section(df, meta, cut_points),
         _metric_section(meta),
-        "## Figures\n\n"
-        "![Fig. 2: top-1 accuracy per network and mean per treatment](fig2.png)\n\n"
-        "![Fig. 3: top-1 accuracy relative to base, paired](fig3.png)\n",
-        f"## Per-layer table\n\n{TABLE_LEGEND} Also as [{md_path.name}]({md_path.name}) and "
-        f"[{csv_path.name}]({csv_path.name}).\n\n{table}",
+        _reading_section(done, analysis),
+        ("## Figures\n\n"
+         "![Fig. 2: top-1 accuracy per network and mean per treatment](fig2.png)\n\n"
+         "![Fig. 3: top-1 accuracy relative to base, paired](fig3.png)\n"),
+        (f"## Per-layer table\n\n{TABLE_LEGEND} Also as [{md_path.name}]({md_path.name}) and "
+         f"[{csv_path.name}]({csv_path.name}).\n\n{table}"),
         _decomposition_section(),
+        *([s.markdown() for s in analysis.sections] if analysis is not None else []),
         _validation_section(df, meta, cut_points),
         _unfinished_section(df),
     ]
-    if meta.extra_lines:
-        sections.append("## Notes\n\n" + "\n\n".join(meta.extra_lines) + "\n")
+    notes = [*meta.extra_lines, *(f"Analysis note: {n}" for n in (analysis.notes if analysis is not None else ()))]
+    if notes:
+        sections.append("## Notes\n\n" + "\n\n".join(notes) + "\n")
+    if analysis is not None and analysis.provenance is not None:
+        sections.append(analysis.provenance.markdown())
     report = out_dir / "report.md"
-    report.write_text("\n".join(s for s in sections if s), encoding="utf-8")
+    text = "\n".join(s for s in sections if s)
+    report.write_text(text, encoding="utf-8")
+    write_html(text, out_dir, f"Transferability of features: {meta.dataset}")
     return report
+
+
+def _reading_section(done: pd.DataFrame, analysis: Analysis | None) -> str:
+    """What the numbers show, in words, each claim with its 95% CI."""
+    from transferscope.analysis.reading import reading
+
+    paragraphs = analysis.reading if analysis is not None and analysis.reading else reading(done)
+    if not paragraphs:
+        return ""
+    return ("## Reading\n\nWhat the numbers show. Differences are paired by replicate and target; "
+            "*significant* means the 95% CI excludes zero; \"not distinguishable\" means it does not.\n\n"
+            + "\n\n".join(paragraphs) + "\n")
 
 
 def _status_counts(df: pd.DataFrame) -> str:

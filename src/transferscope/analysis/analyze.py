@@ -1,0 +1,453 @@
+"""Every analysis of a finished (or partly finished) study, as report sections with their figures.
+
+:func:`analyze_study` computes, from a study directory, the sections the report adds to the
+paper's figures and tables: whether the base networks trained long enough, representation
+similarity (CKA), transferability predicted without training (LogME, H-score, linear probe),
+first-layer filters, freeze or fine-tune by target size, an optional comparison with another
+study, and the provenance of the runs. Figures and CSV tables are written into ``out_dir``.
+
+An analysis that cannot run (missing weights, an architecture without a conv first layer, ...)
+leaves a note in the report instead of stopping it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from transferscope.analysis import convergence as conv
+from transferscope.analysis import recommend as rec
+from transferscope.analysis.reading import Comparison, compare_studies, head_start, interval, reading, signed
+from transferscope.report.stats import done_runs, relative
+from transferscope.store import Store
+
+
+@dataclass(frozen=True)
+class Section:
+    """One report section: a level-2 heading ``title`` and a Markdown ``body``."""
+
+    title: str
+    body: str
+
+    @property
+    def anchor(self) -> str:
+        return slug(self.title)
+
+    def markdown(self) -> str:
+        return f"## {self.title}\n\n{self.body.rstrip()}\n"
+
+
+def slug(title: str) -> str:
+    """``Was the study trained long enough?`` -> ``was-the-study-trained-long-enough``."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+@dataclass
+class Analysis:
+    """What :func:`analyze_study` found: report sections (in order), the reading (one claim per
+    paragraph), the provenance section, tables by name, figure files and notes."""
+
+    sections: list[Section] = field(default_factory=list)
+    reading: list[str] = field(default_factory=list)
+    provenance: Section | None = None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    comparison: Comparison | None = None
+    convergence: conv.Convergence | None = None
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _cell(mean: float, lo: float, hi: float, count: int, digits: int = 3) -> str:
+    if count == 0 or not math.isfinite(mean):
+        return "\u2014"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{mean:.{digits}f} ({count})"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] ({count})"
+
+
+def _table(header: list[str], rows: list[list[str]], align: str = "--:") -> str:
+    lines = ["| " + " | ".join(header) + " |", "|:--|" + f"{align}|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _records_classes(records: list[dict]) -> dict[tuple[int, str], int]:
+    out: dict[tuple[int, str], int] = {}
+    for r in records:
+        split = r.get("split") or {}
+        for task in ("A", "B"):
+            if task in split:
+                out[(int(r["replicate"]), task)] = len(split[task])
+    return out
+
+
+# ------------------------------------------------------------------------------ convergence
+
+
+def _val_images(study, records: list[dict]) -> dict[tuple[int, str], int]:
+    tasks = {(int(r["replicate"]), str(r["target"])) for r in records if r.get("role") == "base"}
+    return {t: len(study.task(*t).val) for t in tasks}
+
+
+def _convergence_section(records: list[dict], study, done: pd.DataFrame, out: Path, title: str,
+                         analysis: Analysis) -> Section:
+    from transferscope.report.analysis_figures import plot_convergence, save
+
+    epochs, schedule = study.config.train.epochs, study.config.train.schedule
+    c = conv.check_convergence(records, epochs, val_images=_val_images(study, records))
+    analysis.convergence = c
+    analysis.tables["convergence"] = c.networks
+    c.networks.to_csv(out / "convergence.csv", index=False)
+    full = c.networks.loc[c.networks["target_size"].isna()]
+    k = conv.tail_length(epochs)
+    lines = ["Each base network's validation top-1 over its last k = max(3, ceil(20% of the epochs)) epochs "
+             + (f"(here k = {k}) " if k >= conv.MIN_TAIL else "")
+             + f"is fitted by a least-squares line; a slope above {c.threshold} top-1 per epoch "
+             f"({c.threshold * 100:g} points per epoch) flags it as **still improving**, unless the rise it implies "
+             "over the tail (slope x (k - 1)) is within the noise of one validation measurement (twice the binomial "
+             "standard error, 2 sqrt(p(1-p)/n_val)): then it is *rising within noise*.\n"]
+    if not c.assessable:
+        lines.append(f"With {epochs} epoch(s) per network there are fewer than 3 points to fit: convergence cannot "
+                     "be assessed, and nothing shows that the base networks converged. Train for more epochs.\n")
+    else:
+        analysis.figures.append(save(plot_convergence(c.curves, c.networks, title), out / "convergence.png"))
+        lines.append("![Validation top-1 of every base network trained on all of its data, with the fitted tail "
+                     "slope (red: still improving)](convergence.png)\n")
+        def verdict(r) -> str:
+            return "**yes**" if r.still_improving else ("rising within noise" if r.slope_above else "no")
+
+        rows = [[r.key, str(r.epochs), str(r.k), f"{r.slope:+.4f}" if math.isfinite(r.slope) else "\u2014",
+                 f"{r.rise:+.3f}" if math.isfinite(r.rise) else "\u2014",
+                 f"{r.noise:.3f}" if math.isfinite(r.noise) else "\u2014",
+                 f"{r.final_val:.3f}", f"{r.best_val:.3f}", verdict(r)] for r in full.itertuples()]
+        lines.append(_table(["base network", "epochs", "tail k", "slope per epoch", "rise over tail", "noise floor",
+                             "final val top-1", "best val top-1", "still improving"], rows))
+        reduced = c.networks.loc[c.networks["target_size"].notna()]
+        if len(reduced):
+            lines.append(f"Base networks trained on reduced target data (target sizes): "
+                         f"{int(reduced['still_improving'].sum())} of {len(reduced)} still improving.\n")
+        flagged = full.loc[full["still_improving"]]
+        if len(flagged):
+            verb = "was" if len(flagged) == 1 else "were"
+            lines.append(f"**{len(flagged)} of {len(full)} base networks {verb} still improving when training "
+                         "stopped.** "
+                         "This undermines the comparisons with base: with unconverged base networks, copied layers "
+                         "act as a head start rather than as features, so BnB and AnB can match or beat base at low n "
+                         "and the fine-tuning gain (AnB+ - base) is inflated; the specificity and co-adaptation "
+                         "estimates then mix feature generality with training time. "
+                         f"Suggested budget: `train.epochs = {c.suggested_epochs}` (the larger of twice the current "
+                         f"{epochs} epochs and the epochs at which the steepest tail slope, "
+                         f"{float(flagged['slope'].max()):+.4f} per epoch, would fall to {c.threshold} if accuracy "
+                         "grew like log(epoch)).\n")
+        else:
+            lines.append("No base network trained on all of its data was still improving at the end.\n")
+        if schedule != "constant":
+            lines.append(f"A flat tail is necessary, not sufficient: the {schedule} schedule brings the learning rate "
+                         "down at the end, which flattens every curve whatever the budget. The head-start symptom "
+                         "below is the other check.\n")
+    if not done.empty and (done["role"] != "base").any():
+        symptom = head_start(relative(done))
+        if symptom:
+            lines.append(symptom + "\n")
+    return Section("Was the study trained long enough?", "\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------- CKA
+
+
+def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis,
+                 batch_size: int, max_images: int) -> Section:
+    from transferscope.analysis.similarity import base_curve, base_matrix, finetune_table, study_similarity
+    from transferscope.report.analysis_figures import plot_cka_curves, plot_cka_heatmaps, save
+
+    sim = study_similarity(store, study, frame, batch_size=batch_size, max_images=max_images)
+    analysis.notes += [f"CKA: {n}" for n in sim.notes]
+    if sim.bases.empty:
+        return Section("Representation similarity (CKA)", "No base network weights were found: nothing to compare.\n")
+    curve = base_curve(sim)
+    ft = finetune_table(sim, "source")
+    ft_target = finetune_table(sim, "target base")
+    pd.concat([sim.bases.assign(kind="baseA vs baseB"), sim.finetuned.assign(kind="fine-tuned")],
+              ignore_index=True).to_csv(out / "cka.csv", index=False)
+    analysis.tables.update(cka_bases=sim.bases, cka_finetuned=sim.finetuned, cka_curve=curve)
+    analysis.figures.append(save(plot_cka_curves(curve, ft, sim.layer_names, title), out / "cka_layers.png"))
+    heatmaps = plot_cka_heatmaps(base_matrix(sim), ft, sim.layer_names, title)
+    analysis.figures.append(save(heatmaps, out / "cka_heatmap.png"))
+    names = sim.layer_names
+    lines = [
+        (f"Linear CKA between layer outputs on the target task's test images (at most {sim.images} per task), with "
+         f"the unbiased HSIC estimator (Song et al. 2012) averaged over random minibatches of about {sim.batch_size} "
+         "images (Nguyen et al. 2021). 1: the same representation up to rotation and scale; near 0: unrelated. "
+         "Layer outputs are flattened. Means [95% CI] over replicates and both targets.\n"),
+        ("![CKA per layer: baseA vs baseB, and each fine-tuned network vs the base it copied from (filled markers: "
+         "copied layers; open: re-initialised)](cka_layers.png)\n"),
+        ("![Layer-by-layer CKA: baseA vs baseB (every pair of layers), and fine-tuned networks vs their source at "
+         "each cut point and layer](cka_heatmap.png)\n"),
+    ]
+    rows = [[f"{r.layer} {names[r.layer - 1]}", _cell(r.mean, r.ci_low, r.ci_high, r.count)]
+            for r in curve.itertuples()]
+    lines.append(_table(["layer", "CKA(baseA, baseB), same layer"], rows))
+    for role, label in (("selffer+", "BnB+ vs baseB"), ("transfer+", "AnB+ vs baseA")):
+        sub = ft.loc[ft["role"] == role]
+        if sub.empty:
+            continue
+        layers = sorted(set(sub["layer"]))
+        rows = []
+        for n, g in sub.groupby("n"):
+            by_layer = g.set_index("layer")
+            cells = [_cell(*by_layer.loc[la, ["mean", "ci_low", "ci_high"]], int(by_layer.loc[la, "count"]))
+                     if la in by_layer.index else "\u2014" for la in layers]
+            rows.append([f"n={n}", *cells])
+        lines.append(f"How far fine-tuning moved each layer, {label} (its source), per cut point n (rows) and layer "
+                     "(columns); layers 1..n were copied, the rest re-initialised:\n")
+        lines.append(_table(["", *[f"{la} {names[la - 1]}" for la in layers]], rows))
+    lines.append("Every value per network in [cka.csv](cka.csv).\n")
+    if len(curve):
+        hi, lo = curve.loc[curve["mean"].idxmax()], curve.loc[curve["mean"].idxmin()]
+        lines.append(f"baseA and baseB are most alike at layer {int(hi.layer)} ({names[int(hi.layer) - 1]}: "
+                     f"{_cell(hi['mean'], hi.ci_low, hi.ci_high, int(hi['count']))}) and least at layer "
+                     f"{int(lo.layer)} ({names[int(lo.layer) - 1]}: "
+                     f"{_cell(lo['mean'], lo.ci_low, lo.ci_high, int(lo['count']))}).\n")
+    if not ft_target.empty:
+        last = ft_target.loc[ft_target["layer"] == ft_target["layer"].max()]
+        lines.append("AnB+ against baseB (the network trained on B from scratch) at the classifier layer, per n: "
+                     + ", ".join(f"n={int(r.n)}: {r.mean:.3f}" for r in last.itertuples()) + ".\n")
+    return Section("Representation similarity (CKA)", "\n".join(lines))
+
+
+# -------------------------------------------------------------------------------- estimate
+
+
+def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis,
+                      max_features: int) -> Section:
+    from transferscope.analysis.estimate import SCORES, estimate, measured_transfer, score_correlations
+    from transferscope.report.analysis_figures import plot_estimates, save
+
+    est = estimate(store, study=study, max_features=max_features, out=out / "estimate.csv")
+    analysis.notes += [f"estimate: {n}" for n in est.notes]
+    scores = est.scores
+    measured = measured_transfer(frame)
+    corr = score_correlations(scores, frame)
+    analysis.tables.update(estimate=scores, estimate_correlations=corr)
+    analysis.figures.append(save(plot_estimates(scores, measured, SCORES, title), out / "estimate.png"))
+    seconds = float(scores["seconds"].sum())
+    lines = [
+        ("Scores of the frozen features an AnB network gets (layer n of the source base network, on the target "
+         "task's images), computed from the base networks alone in "
+         f"{seconds:.1f} s of scoring: LogME (You et al. 2021; evidence maximisation by fixed-point updates on the "
+         "feature spectrum), H-score (Bao et al. 2019, Ledoit-Wolf-shrunk covariance) on the training images, and a "
+         "ridge linear probe (ridge chosen on the validation images, top-1 on the test images). Features: the "
+         f"layer's output flattened when it has at most {est.max_features} values per image, otherwise conv maps "
+         "average-pooled to the largest square grid that fits (feature counts below). "
+         "`transferscope estimate DIR` computes the same after training only the base networks.\n"),
+        ("![Measured AnB test top-1 and each score against the cut point (mean and 95% CI over replicates and "
+         "directions)](estimate.png)\n"),
+    ]
+    agg = scores.groupby(["n", "layer"], as_index=False).agg(
+        features=("features", "max"), logme=("logme", "mean"), h_score=("h_score", "mean"),
+        probe=("probe_top1", "mean"))
+    meas = measured.groupby("n")["measured"].mean() if not measured.empty else pd.Series(dtype=float)
+    rows = [[f"{r.n} {r.layer}", str(r.features), f"{r.logme:.4f}", f"{r.h_score:.3f}", f"{r.probe:.3f}",
+             f"{meas[r.n]:.3f}" if r.n in meas.index else "\u2014"] for r in agg.itertuples()]
+    lines.append(_table(["n", "features", "LogME", "H-score", "probe top-1", "measured AnB top-1"], rows))
+    lines.append("Means over replicates and both directions; per network in [estimate.csv](estimate.csv).\n")
+    if measured.empty:
+        lines.append("No AnB run has finished yet, so the scores cannot be checked against measured transfer.\n")
+    else:
+        crow = []
+        for r in corr.itertuples():
+            crow.append([r.label, _rho(r.rho_pooled, r.p_pooled, r.points), _rho(r.rho_means, r.p_means, r.cut_points)])
+        lines.append("Spearman rank correlation with the measured AnB test top-1 (scipy.stats.spearmanr): pooled over "
+                     "every replicate, direction and cut point, and between the per-n means (the shape of the "
+                     "curve). Two-sided p-values, exact (all rank permutations) for at most 8 points. The pooled "
+                     "points are not independent (the same base networks serve every cut point), so its p-value is "
+                     "optimistic.\n")
+        lines.append(_table(["score", "pooled: rho (p, points)", "per-n means: rho (p, cut points)"], crow))
+        if int(corr["cut_points"].max()) < 5:
+            lines.append(f"With {int(corr['cut_points'].max())} cut points a rank correlation of the means is coarse "
+                         "(few possible values); read it as a sign, not a measurement.\n")
+    return Section("Predicting the curve without training", "\n".join(lines))
+
+
+def _rho(rho: float, p: float, count: int) -> str:
+    if not math.isfinite(rho):
+        return f"\u2014 ({count} points; undefined)"
+    return f"{rho:+.2f} (p = {p:.2g}, {count})"
+
+
+# ------------------------------------------------------------------------------------ filters
+
+
+def _filters_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis) -> Section:
+    from transferscope.analysis.filters import study_filters
+    from transferscope.report.analysis_figures import plot_filters, save
+
+    panels = study_filters(store, study, frame, replicate=0)
+    if not panels:
+        return Section("First-layer filters", "Layer 1 of this architecture has no Conv2d (or no base network weights "
+                       "were recorded): no filters to show.\n")
+    analysis.figures.append(save(plot_filters(panels, title + ", replicate 0"), out / "filters.png"))
+    changes = [p for p in panels if p.change is not None]
+    text = ("The weights of the first Conv2d in layer 1, one tile per filter, each normalised to [0, 1] on its own "
+            "(colour for RGB input, grey otherwise). Replicate 0, one row per base network: the base network, then "
+            "the fine-tuned networks whose layer 1 was copied from it (at the smallest and largest cut point).\n\n"
+            "![First-layer filters of baseA and baseB and of fine-tuned networks that copied them](filters.png)\n")
+    if changes:
+        text += ("\nRelative change of the filters by fine-tuning, |W - W_source| / |W_source|: "
+                 + "; ".join(f"{p.label.split(' (')[0]}: {p.change:.1%}" for p in changes) + ".\n")
+    return Section("First-layer filters", text)
+
+
+# ------------------------------------------------------------------------------ target sizes
+
+
+def _sizes_section(frame: pd.DataFrame, records: list[dict], out: Path, title: str, analysis: Analysis) -> Section:
+    from transferscope.report.analysis_figures import plot_target_sizes, save
+
+    name = "Freeze or fine-tune, by target size"
+    if not rec.has_sizes(frame):
+        return Section(name, "This study ran no reduced-target-data runs. Set `treatments.target_sizes` (fractions "
+                       "such as 0.05 or images per class such as 10) to measure, at each size, whether frozen or "
+                       "fine-tuned transfer beats training from scratch.\n")
+    runs = rec.size_runs(frame, _records_classes(records))
+    summary = rec.size_summary(runs)
+    summary.to_csv(out / "target_sizes.csv", index=False)
+    analysis.tables["target_sizes"] = summary
+    analysis.figures.append(save(plot_target_sizes(summary, title), out / "target_sizes.png"))
+    recs = rec.recommend(runs)
+
+    def size(r: rec.Recommendation) -> str:
+        return r.size_label if r.size_label.endswith("per class") else f"{r.size_label} ({r.per_class:.0f} per class)"
+
+    rows = [[size(r), r.best, _cell(r.mean, r.ci_low, r.ci_high, r.count),
+             interval(r.vs_scratch, r.vs_low, r.vs_high, r.pairs) if r.best != "train from scratch" else "\u2014",
+             r.verdict, ", ".join(r.indistinguishable) or "none"] for r in recs]
+    lines = [
+        ("At each amount of target training data (the full study is the full size): test top-1 of a base network "
+         "trained from scratch on that data, of AnB (copied layers frozen) and of AnB+ (fine-tuned), both directions "
+         "pooled.\n"),
+        ("![Test top-1 against training images per class, frozen and fine-tuned transfer at each cut point against "
+         "training from scratch](target_sizes.png)\n"),
+        _table(["target size", "best (highest mean)", "test top-1 [95% CI] (networks)",
+                "margin over scratch, paired [95% CI]", "against scratch", "not distinguishable from the best"],
+               rows, align=":--"),
+        ("The margin is paired by replicate and target. \"Not distinguishable from the best\": alternatives whose "
+         "paired difference to the best has a 95% CI including 0 (or fewer than 2 pairs). The best is chosen on the "
+         "same test accuracies, so its margin is optimistic when candidates are close. All cells in "
+         "[target_sizes.csv](target_sizes.csv).\n"),
+    ]
+    return Section(name, "\n".join(lines))
+
+
+# ------------------------------------------------------------------------------- provenance
+
+
+def _provenance_section(store: Store, records: list[dict]) -> Section:
+    from transferscope.provenance import provenance
+
+    now = provenance()
+    commits = Counter((r.get("git") or {}).get("commit") for r in records)
+    dirty = Counter(str((r.get("git") or {}).get("dirty")) for r in records)
+    versions = Counter(tuple(sorted((r.get("versions") or {}).items())) for r in records)
+    hosts = Counter(r.get("host") for r in records)
+    devices = Counter(f"{r.get('device')} {r.get('precision')}" for r in records if r.get("device"))
+    finished = sorted(r["finished_at"] for r in records if r.get("finished_at"))
+    lines = [f"- Runs recorded: {len(records)}" + (f", finished {finished[0]} to {finished[-1]}" if finished else "")]
+    lines.append("- Git commits of the runs: " + "; ".join(f"`{c}` ({k} runs)" for c, k in commits.most_common())
+                 + " (dirty working tree: " + ", ".join(f"{d}: {k}" for d, k in dirty.most_common()) + ")")
+    for v, k in versions.most_common():
+        lines.append(f"- Versions ({k} runs): " + ", ".join(f"{name} {ver}" for name, ver in v))
+    lines.append("- Hosts: " + ", ".join(f"{h} ({k})" for h, k in hosts.most_common()))
+    if devices:
+        lines.append("- Device and precision: " + ", ".join(f"{d} ({k})" for d, k in devices.most_common()))
+    git = now["git"]
+    lines.append(f"- This report: transferscope commit `{git['commit']}` (dirty: {git['dirty']}), "
+                 + ", ".join(f"{k} {v}" for k, v in now["versions"].items()))
+    config = store.config_path.read_text(encoding="utf-8") if store.config_path.is_file() else "(no config.toml)"
+    body = ("\n".join(lines) + "\n\nThe study's resolved configuration (`config.toml`):\n\n```toml\n"
+            + config.rstrip() + "\n```\n")
+    return Section("Provenance", body)
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | None = None, *,
+                  compare: str | Path | None = None, cka: bool = True, estimate: bool = True,
+                  cka_batch_size: int = 256, max_images: int = 2048, max_features: int = 2048) -> Analysis:
+    """Run every analysis of the study in ``store`` and write its figures and tables into
+    ``out_dir`` (default: the study's report folder). ``compare``: another study directory
+    (e.g. the dissimilar split) whose AnB - base curve is compared with this one's.
+
+    Pass the result to :func:`transferscope.report.write_report` (``analysis=``) to put it in
+    report.md and report.html."""
+    from transferscope.report.stats import ROLE_LABELS
+
+    store = store if isinstance(store, Store) else Store(store)
+    if study is None:
+        from transferscope.study import Study
+
+        study = Study.prepare(store.load_config(), splits=store.load_splits())
+    out = Path(out_dir) if out_dir is not None else store.root / "report"
+    records = store.records()
+    if not any(r.get("status") == "done" for r in records):
+        return Analysis(notes=["no finished runs: nothing analysed"])  # and nothing written
+    out.mkdir(parents=True, exist_ok=True)
+    frame = store.frame()
+    frame = frame.loc[frame["role"].isin(list(ROLE_LABELS))] if len(frame) else frame
+    full = frame.loc[frame["target_size"].isna()] if "target_size" in frame else frame
+    try:
+        done = done_runs(full)
+    except Exception:  # noqa: BLE001  (no usable runs: every analysis below copes with an empty table)
+        done = full.iloc[0:0]
+    cfg = study.config
+    title = f"{cfg.data.dataset}, {cfg.model.arch}"
+    analysis = Analysis()
+
+    def attempt(name: str, fn: Callable[[], Section | None]) -> None:
+        try:
+            section = fn()
+        except Exception as e:  # noqa: BLE001  (one analysis failing must not lose the report)
+            detail = f"{type(e).__name__}: {e}"
+            analysis.notes.append(f"{name}: not computed ({detail})")
+            warnings.warn(f"transferscope analysis {name!r} failed: {detail}\n{traceback.format_exc()}", stacklevel=2)
+            return
+        if section is not None:
+            analysis.sections.append(section)
+
+    attempt("convergence", lambda: _convergence_section(records, study, done, out, title, analysis))
+    if cka:
+        attempt("CKA", lambda: _cka_section(store, study, full, out, title, analysis, cka_batch_size, max_images))
+    if estimate:
+        attempt("estimate", lambda: _estimate_section(store, study, full, out, title, analysis, max_features))
+    attempt("filters", lambda: _filters_section(store, study, full, out, title, analysis))
+    attempt("target sizes", lambda: _sizes_section(frame, records, out, title, analysis))
+    if compare is not None:
+        def comparison() -> Section:
+            analysis.comparison = compare_studies(compare, store.root)
+            c = analysis.comparison
+            return Section("Comparison with another study",
+                           f"Frozen transfer, AnB - base (paired within each study), per cut point: study a = "
+                           f"{c.label_a}, study b = {c.label_b} (this one). The difference is b - a with a Welch 95% "
+                           f"CI (the studies' networks are independent).\n\n{c.markdown()}\n{c.sentence()}\n")
+        attempt("comparison", comparison)
+    try:
+        analysis.reading = reading(done, analysis.convergence, analysis.comparison) if len(done) else []
+    except Exception as e:  # noqa: BLE001
+        analysis.notes.append(f"reading: not computed ({type(e).__name__}: {e})")
+    analysis.provenance = _provenance_section(store, records)
+    return analysis
+
+
+__all__ = ["Analysis", "Section", "analyze_study", "signed", "slug"]

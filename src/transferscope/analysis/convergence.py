@@ -1,0 +1,118 @@
+"""Was the study trained long enough? The base networks' validation curves, checked for a rising tail.
+
+For each base network the slope of validation top-1 over the last ``k = max(3, ceil(20% of the
+epochs))`` epochs is fitted by least squares; a network is *still improving* when that slope
+exceeds ``threshold`` (0.002 top-1 per epoch, i.e. 0.2 points per epoch) and, where the number of
+validation images is known, the rise it implies over the tail (slope x (k - 1)) also exceeds the
+noise floor of one validation measurement, twice its binomial standard error
+``2 sqrt(p (1 - p) / n_val)``: on a small validation set a few images changing their answer
+between epochs make a slope of that size by chance. With fewer than 3 recorded epochs no slope
+is fitted.
+
+Why it matters (the paper's pitfall): with base networks far from converged, copied layers act
+as a head start rather than as features, so frozen selffers (BnB) and transfers (AnB) can beat
+their own base at low n, the opposite of the paper's curves for the wrong reason; the fine-tuning
+gain (AnB+ - base) is inflated the same way.
+
+A flat tail is necessary, not sufficient: a decaying schedule (cosine, step) flattens every
+curve at its end because the learning rate goes to zero. So the head-start symptom is checked
+too (BnB - base, paired, at the lowest cut point).
+
+Suggested budget for a flagged study: if accuracy grows like ``log(epoch)`` its slope falls as
+``1/epoch``, so the slope s measured at the end of E epochs reaches the threshold after about
+``E * s / threshold`` epochs; the suggestion is the larger of that and 2E, rounded up to 5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+THRESHOLD = 0.002
+TAIL_FRACTION = 0.2
+MIN_TAIL = 3
+
+
+def tail_length(epochs: int) -> int:
+    """k = max(3, ceil(20% of the epochs)), at most the number of epochs."""
+    return min(epochs, max(MIN_TAIL, math.ceil(TAIL_FRACTION * epochs)))
+
+
+def tail_slope(values: list[float] | np.ndarray) -> tuple[float, int]:
+    """Least-squares slope per epoch of the last k values, and k; NaN when fewer than 3 values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    k = tail_length(len(v))
+    if k < MIN_TAIL:
+        return float("nan"), k
+    y = v[-k:]
+    return float(np.polyfit(np.arange(k, dtype=float), y, 1)[0]), k
+
+
+def suggest_epochs(epochs: int, slope: float, threshold: float = THRESHOLD) -> int:
+    """max(2E, E * slope / threshold), rounded up to a multiple of 5."""
+    wanted = max(2 * epochs, math.ceil(epochs * slope / threshold - 1e-9)) if slope > threshold else epochs
+    return int(math.ceil(wanted / 5 - 1e-9) * 5)
+
+
+@dataclass
+class Convergence:
+    """``networks``: one row per base network: key, replicate, target, target_size, epochs, k,
+    slope, final_val, best_val, still_improving. ``curves``: key -> validation top-1 per epoch."""
+
+    networks: pd.DataFrame
+    curves: dict[str, list[float]]
+    threshold: float
+    epochs: int
+
+    @property
+    def flagged(self) -> pd.DataFrame:
+        return self.networks.loc[self.networks["still_improving"]]
+
+    @property
+    def assessable(self) -> bool:
+        return bool(self.networks["slope"].notna().any()) if len(self.networks) else False
+
+    @property
+    def suggested_epochs(self) -> int | None:
+        """A training budget for the whole study where a full-data base network is still improving."""
+        full = self.flagged.loc[self.flagged["target_size"].isna()]
+        if full.empty:
+            return None
+        return suggest_epochs(self.epochs, float(full["slope"].max()), self.threshold)
+
+
+def noise_floor(accuracy: float, images: int | None) -> float:
+    """Twice the binomial standard error of an accuracy measured on ``images`` images (NaN if
+    unknown); an accuracy of 0 or 1 counts as one image away from it."""
+    if not images or not math.isfinite(accuracy):
+        return float("nan")
+    p = min(max(accuracy, 1.0 / images), 1.0 - 1.0 / images)  # at 0 or 1, as if one image differed
+    return 2.0 * math.sqrt(p * (1.0 - p) / images)
+
+
+def check_convergence(records: list[dict], epochs: int, threshold: float = THRESHOLD,
+                      val_images: dict[tuple[int, str], int] | None = None) -> Convergence:
+    """Check every finished base network's recorded validation curve. ``val_images``: the number
+    of validation images per (replicate, task), for the noise floor."""
+    rows, curves = [], {}
+    for rec in records:
+        if rec.get("role") != "base" or rec.get("status") != "done":
+            continue
+        curve = [float(h.get("val_top1", float("nan"))) for h in rec.get("history", [])]
+        slope, k = tail_slope(curve)
+        curves[rec["key"]] = curve
+        size = rec.get("target_size")
+        final = curve[-1] if curve else float("nan")
+        rise = slope * (k - 1) if math.isfinite(slope) else float("nan")
+        noise = noise_floor(final, (val_images or {}).get((int(rec["replicate"]), str(rec["target"]))))
+        steep = bool(math.isfinite(slope) and slope > threshold)
+        rows.append((rec["key"], rec["replicate"], rec["target"], float("nan") if size is None else float(size),
+                     len(curve), k, slope, rise, noise, final, max(curve) if curve else float("nan"),
+                     steep and not (math.isfinite(noise) and rise <= noise), steep))
+    frame = pd.DataFrame(rows, columns=["key", "replicate", "target", "target_size", "epochs", "k", "slope", "rise",
+                                        "noise", "final_val", "best_val", "still_improving", "slope_above"])
+    return Convergence(frame.sort_values("key", ignore_index=True), curves, threshold, epochs)

@@ -1,0 +1,163 @@
+"""Predicting the transfer curve without training: score the source network's features at every
+cut point for the target task.
+
+For target task T, source S (the other task) and cut point n, the features are the outputs of
+layer n of baseS on T's images (normalised with T's statistics, as an SnT run sees them, without
+augmentation). They are flattened where a layer has at most ``max_features`` values per image;
+wider conv maps are average-pooled to the largest square grid that fits (down to global average
+pooling), see :func:`~transferscope.analysis.networks.reduce_features`. Three scores:
+
+- LogME on T's training images (higher: the features explain the labels better),
+- H-score on T's training images (Ledoit-Wolf-shrunk covariance),
+- a ridge linear probe trained on T's training images, its ridge chosen on T's validation images,
+  scored as top-1 on T's test images.
+
+Only the base networks need to be trained, so this takes seconds to minutes. Where the study has
+run, :func:`score_correlations` gives the Spearman rank correlation of each score with the measured
+AnB test top-1 across cut points (both directions pooled).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from transferscope.analysis.networks import features_at, load_network, part_images
+from transferscope.analysis.transferability import h_score, linear_probe, logme
+from transferscope.errors import UserError
+from transferscope.store import Store
+from transferscope.treatments import base_key, other
+
+#: score column -> display name
+SCORES = {"logme": "LogME", "h_score": "H-score", "probe_top1": "linear probe (test top-1)"}
+COLUMNS = ["replicate", "target", "source", "n", "layer", "features", "train_images", "logme", "h_score",
+           "probe_top1", "probe_val_top1", "seconds"]
+
+
+@dataclass
+class Estimate:
+    """One row per (replicate, target, n): the scores of baseS's layer-n features for task T."""
+
+    scores: pd.DataFrame
+    max_features: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _study(store: Store, study):
+    if study is None:
+        from transferscope.study import Study
+
+        study = Study.prepare(store.load_config(), splits=store.load_splits())
+    return study
+
+
+def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2048, max_images: int | None = 5000,
+             device: str = "cpu", out: str | Path | None = None) -> Estimate:
+    """Score every cut point of a study whose base networks are trained (a study run with
+    ``treatments.names = ["base"]`` is enough). ``max_images`` caps the images of each part (train,
+    validation, test) of each task (a seeded subset). With ``out``, the table is also written there
+    as CSV."""
+    store = directory if isinstance(directory, Store) else Store(directory)
+    study = _study(store, study)
+    cuts = tuple(study.cut_points)
+    rows, notes = [], []
+    for r in range(study.config.treatments.replicates):
+        for target in study.config.treatments.targets:
+            source = other(target)
+            key = base_key(r, source)
+            if not store.weights_path(key).is_file():
+                notes.append(f"replicate {r}: {key} has no recorded weights; target {target} not scored")
+                continue
+            net = load_network(store, study, key, r, source, device)
+            task = study.task(r, target)
+            parts = {}
+            for name in ("train", "val", "test"):
+                x, y = part_images(getattr(task, name), max_images, seed=r)
+                parts[name] = (features_at(net, x, task, cuts, max_features), y.numpy())
+            for n in cuts:
+                start = time.perf_counter()
+                ftr, ytr = parts["train"][0][n], parts["train"][1]
+                probe = linear_probe((ftr, ytr), (parts["val"][0][n], parts["val"][1]),
+                                     (parts["test"][0][n], parts["test"][1]))
+                rows.append((r, target, source, n, net.block_names[n - 1], ftr.shape[1], ftr.shape[0],
+                             logme(ftr, ytr), h_score(ftr, ytr), probe.top1, probe.val_top1,
+                             time.perf_counter() - start))
+    if not rows:
+        raise UserError(f"{store.root}: no base network weights to score; train the base networks first, e.g. "
+                        "transferscope run STUDY --set 'treatments.names=[\"base\"]' -o DIR")
+    result = Estimate(pd.DataFrame(rows, columns=COLUMNS), max_features, notes)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        result.scores.to_csv(out, index=False)
+    return result
+
+
+def measured_transfer(frame: pd.DataFrame) -> pd.DataFrame:
+    """Measured AnB (frozen transfer, full data) test top-1 per replicate, target and n."""
+    if frame.empty:
+        return pd.DataFrame(columns=["replicate", "target", "n", "measured"])
+    sel = (frame["status"] == "done") & (frame["role"] == "transfer")
+    if "target_size" in frame:
+        sel &= frame["target_size"].isna()
+    runs = frame.loc[sel, ["replicate", "target", "n", "test_top1"]].rename(columns={"test_top1": "measured"})
+    return runs.groupby(["replicate", "target", "n"], as_index=False)["measured"].mean()
+
+
+def score_correlations(scores: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """Spearman rank correlation of each score with the measured AnB top-1 across cut points.
+
+    ``pooled``: over every (replicate, target, n) point, both directions together; ``means``: over
+    the cut points, between the mean score and the mean measured accuracy at each n (the shape of
+    the curve). NaN where fewer than 3 points or a constant series."""
+    joined = scores.merge(measured_transfer(frame), on=["replicate", "target", "n"], how="inner")
+    rows = []
+    for col, label in SCORES.items():
+        pooled = _spearman(joined[col], joined["measured"])
+        means = joined.groupby("n")[[col, "measured"]].mean()
+        curve = _spearman(means[col], means["measured"])
+        rows.append((col, label, *pooled, len(joined), *curve, len(means)))
+    return pd.DataFrame(rows, columns=["score", "label", "rho_pooled", "p_pooled", "points", "rho_means", "p_means",
+                                       "cut_points"])
+
+
+#: up to this many points the p-value is exact (every permutation); beyond, scipy's t approximation
+EXACT_POINTS = 8
+
+
+def _spearman(a: pd.Series, b: pd.Series) -> tuple[float, float]:
+    """Spearman's rho and its two-sided p-value: exact (the permutation distribution of the ranks)
+    for at most :data:`EXACT_POINTS` points, where scipy's t approximation is far too small (it
+    gives p ~ 1e-24 for a perfect rank order of 5 points, whose exact p is 2/120)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan"), float("nan")
+    rho = float(sps.spearmanr(a, b).statistic)
+    if len(a) > EXACT_POINTS:
+        return rho, float(sps.spearmanr(a, b).pvalue)
+    ra, rb = sps.rankdata(a), sps.rankdata(b)
+    perms = np.array(list(itertools.permutations(rb)))
+    rhos = np.array([np.corrcoef(ra, p)[0, 1] for p in perms])
+    return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
+
+
+def format_estimate(result: Estimate) -> str:
+    """The mean of each score per target and cut point, as aligned text (for the CLI)."""
+    s = result.scores
+    header = (f"{'target':<7}{'source':<7}{'n':>3}  {'layer':<10}{'features':>9}{'LogME':>10}{'H-score':>10}"
+              f"{'probe top-1':>13}")
+    lines = [header]
+    agg = s.groupby(["target", "source", "n", "layer", "features"], as_index=False)[list(SCORES)].mean()
+    for row in agg.itertuples():
+        lines.append(f"{row.target:<7}{row.source:<7}{row.n:>3}  {row.layer:<10}{row.features:>9}{row.logme:>10.4f}"
+                     f"{row.h_score:>10.3f}{row.probe_top1:>13.3f}")
+    reps = s["replicate"].nunique()
+    lines.append(f"means over {reps} replicate(s); features of layer n of the source base network on the target's "
+                 f"images (at most {result.max_features} per image, wider conv maps average-pooled)")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Recorded networks back from a study directory, and their layer outputs on a task's images.
+
+A run's weights are rebuilt into the study's architecture (with the class count of the task it
+was trained on) and run in eval mode, float32, on the CPU unless asked otherwise. Images are
+normalised with the statistics of the task they come from, as every run of the study does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transferscope.data.augment import normalize
+from transferscope.data.tasks import AnyPart, Part, Task
+from transferscope.errors import UserError
+from transferscope.models import CutNet, create_model
+from transferscope.store import Store
+
+
+def load_network(store: Store, study, key: str, replicate: int, task: str,
+                 device: str | torch.device = "cpu") -> CutNet:
+    """The network recorded as ``key``, trained on ``task`` of ``replicate``, in eval mode."""
+    if not store.weights_path(key).is_file():
+        raise UserError(f"{store.weights_path(key)}: no weights recorded for {key}")
+    cfg = study.config.model
+    num_classes = len(study.split(replicate).classes(task))
+    net = create_model(cfg.arch, num_classes, study.data.image_shape, cfg.options)
+    net.load_state_dict(store.load_weights(key))
+    return net.to(device).eval()
+
+
+def random_network(study, replicate: int, task: str, seed: int = 0) -> CutNet:
+    """An untrained network of the study's architecture (for controls)."""
+    cfg = study.config.model
+    return create_model(cfg.arch, len(study.split(replicate).classes(task)), study.data.image_shape, cfg.options,
+                        init_seed=seed).eval()
+
+
+def part_images(part: AnyPart, max_images: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A part's images (uint8) and labels; at most ``max_images`` of them, a seeded random subset
+    kept in the part's order."""
+    count = len(part)
+    pick = None
+    if max_images is not None and count > max_images:
+        pick = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:max_images].sort().values
+    if isinstance(part, Part):
+        return (part.x, part.y) if pick is None else (part.x[pick], part.y[pick])
+    index = torch.arange(count) if pick is None else pick
+    images = torch.stack([part.reader.read(int(part.index[i])) for i in index])
+    return images, part.y[index]
+
+
+@torch.no_grad()
+def layer_outputs(net: CutNet, x: torch.Tensor, task: Task, upto: int | None = None,
+                  batch_size: int = 256) -> Iterator[list[torch.Tensor]]:
+    """For each batch of ``x`` (uint8 images), the outputs of layers 1..``upto`` (default: all)."""
+    upto = net.num_layers if upto is None else upto
+    device = next(net.parameters()).device
+    for i in range(0, x.shape[0], batch_size):
+        h = normalize(x[i : i + batch_size].to(device), task.mean, task.std)
+        outs = []
+        for block in net.blocks[:upto]:
+            h = block(h)
+            outs.append(h.float())
+        yield outs
+
+
+def reduce_features(h: torch.Tensor, max_features: int) -> torch.Tensor:
+    """Layer output (B, ...) as (B, D) rows: flattened when it has at most ``max_features``
+    values per image; otherwise a conv map (B, C, H, W) is average-pooled to the largest square
+    grid g x g with C g^2 <= max_features (g = 1: global average pooling), and a token sequence
+    (B, T, C) is averaged over tokens."""
+    per_image = h[0].numel() if h.shape[0] else 0
+    if per_image <= max_features or h.ndim < 3:
+        return h.reshape(h.shape[0], -1)
+    if h.ndim == 4:
+        c, height, width = h.shape[1:]
+        g = max(1, min(math.isqrt(max_features // c) if c <= max_features else 1, height, width))
+        return F.adaptive_avg_pool2d(h, g).reshape(h.shape[0], -1)
+    return h.mean(1).reshape(h.shape[0], -1)
+
+
+def features_at(net: CutNet, x: torch.Tensor, task: Task, cuts: tuple[int, ...], max_features: int,
+                batch_size: int = 256) -> dict[int, np.ndarray]:
+    """Each cut point's output on images ``x``, reduced by :func:`reduce_features`, as float64."""
+    chunks: dict[int, list[torch.Tensor]] = {n: [] for n in cuts}
+    for outs in layer_outputs(net, x, task, max(cuts), batch_size):
+        for n in cuts:
+            chunks[n].append(reduce_features(outs[n - 1], max_features))
+    return {n: torch.cat(chunks[n]).double().numpy() for n in cuts}

@@ -1,0 +1,134 @@
+"""Freeze or fine-tune, by the amount of target data (``treatments.target_sizes`` runs).
+
+At each target size (the full study counts as the full size) three kinds of network are compared
+on the same test images: a base network trained from scratch on that much target data, AnB
+(layers 1..n copied from the other task's base network and frozen) and AnB+ (copied, then
+everything fine-tuned), at every cut point n. Both directions are pooled (AnB with BnA).
+
+The recommendation for a size is the candidate with the best mean test top-1, with its 95% CI
+and its margin over training from scratch, paired by replicate and target. Every alternative
+whose paired difference to the best has a 95% CI that includes 0 is listed as not
+distinguishable from it. The best is picked on the same test accuracies it reports, so its margin
+is optimistic when several candidates are close; the list of indistinguishable alternatives is
+what the data support.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from transferscope.report.stats import mean_ci
+
+ROLES = ("base", "transfer", "transfer+")
+_PAIR = ["replicate", "target"]
+
+
+def candidate_label(role: str, n: int) -> str:
+    return {"base": "train from scratch", "transfer": f"AnB n={n} (freeze)",
+            "transfer+": f"AnB+ n={n} (fine-tune)"}[role]
+
+
+def size_label(size: float) -> str:
+    """NaN -> "full", 0.05 -> "5%", 10 -> "10 per class"."""
+    if not np.isfinite(size):
+        return "full"
+    return f"{size * 100:g}%" if size < 1 else f"{size:g} per class"
+
+
+def size_runs(frame: pd.DataFrame, classes: dict[tuple[int, str], int]) -> pd.DataFrame:
+    """Finished base, AnB and AnB+ runs at every size, with ``size`` (NaN: full), ``size_label`` and
+    ``per_class`` (training images per class of the target task)."""
+    if frame.empty or "target_size" not in frame:
+        return pd.DataFrame(columns=[*frame.columns, "size", "size_label", "per_class"])
+    runs = frame.loc[(frame["status"] == "done") & frame["role"].isin(ROLES)].copy()
+    runs["test_top1"] = pd.to_numeric(runs["test_top1"], errors="coerce")
+    runs = runs.loc[np.isfinite(runs["test_top1"].to_numpy(dtype=float))]
+    runs["size"] = pd.to_numeric(runs["target_size"], errors="coerce").astype(float)
+    runs["size_label"] = [size_label(s) for s in runs["size"]]
+    k = np.array([classes.get((int(r), str(t)), np.nan) for r, t in zip(runs["replicate"], runs["target"])], float)
+    runs["per_class"] = pd.to_numeric(runs["train_images"], errors="coerce").to_numpy(dtype=float) / k
+    runs["n"] = runs["n"].astype(int)
+    return runs
+
+
+def has_sizes(frame: pd.DataFrame) -> bool:
+    return "target_size" in frame and bool(pd.to_numeric(frame["target_size"], errors="coerce").notna().any())
+
+
+def size_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per size and candidate: mean test top-1 [95% CI], and the paired difference to the base
+    network trained from scratch on the same data (same replicate and target)."""
+    rows = []
+    for label, at_size in runs.groupby("size_label", sort=False):
+        base = at_size.loc[at_size["role"] == "base"].groupby(_PAIR)["test_top1"].mean().rename("_base")
+        per_class = float(at_size["per_class"].mean())
+        for (role, n), group in at_size.groupby(["role", "n"]):
+            cell = group.groupby(_PAIR)["test_top1"].mean()
+            diff = (cell - base).dropna()
+            rows.append((label, float(at_size["size"].iloc[0]), per_class, role, int(n), candidate_label(role, int(n)),
+                         *mean_ci(cell), *mean_ci(diff)))
+    cols = ["size_label", "size", "per_class", "role", "n", "candidate", "mean", "ci_low", "ci_high", "count",
+            "vs_scratch", "vs_low", "vs_high", "pairs"]
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(["per_class", "role", "n"], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    size_label: str
+    per_class: float
+    best: str
+    mean: float
+    ci_low: float
+    ci_high: float
+    count: int
+    vs_scratch: float
+    vs_low: float
+    vs_high: float
+    pairs: int
+    verdict: str  # against training from scratch
+    indistinguishable: tuple[str, ...]  # alternatives not distinguishable from the best
+
+
+def _cells(at_size: pd.DataFrame, role: str, n: int) -> pd.Series:
+    return at_size.loc[(at_size["role"] == role) & (at_size["n"] == n)].groupby(_PAIR)["test_top1"].mean()
+
+
+def _verdict(best_role: str, lo: float, hi: float, pairs: int) -> str:
+    if best_role == "base":
+        return "train from scratch (no transfer treatment has a higher mean)"
+    if pairs < 2 or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "cannot be compared with training from scratch (fewer than 2 pairs)"
+    if lo > 0:
+        return "better than training from scratch"
+    if hi < 0:
+        return "worse than training from scratch"
+    return "not distinguishable from training from scratch"
+
+
+def recommend(runs: pd.DataFrame) -> list[Recommendation]:
+    """One recommendation per target size, smallest first."""
+    summary = size_summary(runs)
+    out = []
+    for label in dict.fromkeys(summary["size_label"]):
+        rows = summary.loc[summary["size_label"] == label]
+        best = rows.loc[rows["mean"].idxmax()]
+        at_size = runs.loc[runs["size_label"] == label]
+        best_cells = _cells(at_size, best["role"], int(best["n"]))
+        close = []
+        for _, alt in rows.iterrows():
+            if alt["role"] == best["role"] and alt["n"] == best["n"]:
+                continue
+            _, lo, _, count = mean_ci((best_cells - _cells(at_size, alt["role"], int(alt["n"]))).dropna())
+            if count < 2 or not (lo > 0):
+                close.append(alt["candidate"])
+        out.append(Recommendation(
+            label, float(best["per_class"]), best["candidate"], float(best["mean"]), float(best["ci_low"]),
+            float(best["ci_high"]), int(best["count"]), float(best["vs_scratch"]), float(best["vs_low"]),
+            float(best["vs_high"]), int(best["pairs"]),
+            _verdict(best["role"], float(best["vs_low"]), float(best["vs_high"]), int(best["pairs"])), tuple(close)))
+    return out

@@ -1,0 +1,152 @@
+"""Representation similarity of a study's networks, layer by layer (linear CKA, unbiased, minibatch).
+
+For each replicate and target task T (with S the other task), on T's test images:
+
+- **baseA vs baseB**: every layer of baseA against every layer of baseB (a layer-by-layer matrix;
+  its diagonal is the per-layer curve). How alike are the features two tasks' networks learn?
+- **fine-tuned vs its source**: each fine-tuned network (TnT+, SnT+ at each n) against the base
+  network it copied layers 1..n from (baseT, baseS), layer by layer: how far fine-tuning moved
+  each copied layer (layers above n were re-initialised, so there it compares fresh layers with the
+  source's); SnT+ is also compared with baseT, the network trained on T from scratch.
+
+Layer outputs are flattened (CKA needs only each batch's Gram matrix, so wide layers cost memory
+per batch, not per image pair). Minibatches are drawn from a seeded permutation of the images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from transferscope.analysis.cka import MinibatchCKA, gram_linear, minibatches
+from transferscope.analysis.networks import layer_outputs, load_network, part_images
+from transferscope.store import Store
+from transferscope.treatments import base_key
+
+FINETUNED_ROLES = ("selffer+", "transfer+")
+
+
+@dataclass
+class Similarity:
+    """``bases``: replicate, target, layer_a, layer_b, cka (baseA layer vs baseB layer on the
+    target's test images). ``finetuned``: replicate, target, key, role, n, layer, reference
+    ("source" or "target base"), cka."""
+
+    bases: pd.DataFrame
+    finetuned: pd.DataFrame
+    layer_names: tuple[str, ...]
+    images: int  # test images per task used (at most)
+    batch_size: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _finished_finetuned(frame: pd.DataFrame, replicate: int, target: str) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    sel = (frame["status"] == "done") & frame["role"].isin(FINETUNED_ROLES) & (frame["replicate"] == replicate) & (
+        frame["target"] == target)
+    if "target_size" in frame:
+        sel &= frame["target_size"].isna()
+    return frame.loc[sel].sort_values(["role", "n"])
+
+
+def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: int = 256, max_images: int = 2048,
+                     seed: int = 0, device: str = "cpu") -> Similarity:
+    """Linear CKA (unbiased HSIC, minibatches of about ``batch_size``) between base networks and
+    between each fine-tuned network and its sources, on at most ``max_images`` test images of each
+    target task (a seeded subset)."""
+    done = frame.loc[frame["status"] == "done"] if len(frame) else frame
+    base_rows, ft_rows, notes, missing = [], [], [], []
+    names: tuple[str, ...] = ()
+    images = 0
+    for r in sorted({int(x) for x in done["replicate"]}) if len(done) else []:
+        for target in study.config.treatments.targets:
+            keys = {t: base_key(r, t) for t in ("A", "B")}
+            if not all(store.weights_path(k).is_file() for k in keys.values()):
+                notes.append(f"replicate {r}: base network weights missing; skipped")
+                continue
+            nets = {keys[t]: load_network(store, study, keys[t], r, t, device) for t in ("A", "B")}
+            finetuned = _finished_finetuned(done, r, target)
+            refs: dict[str, list[tuple[str, str]]] = {}  # key -> [(reference name, reference key)]
+            meta: dict[str, tuple[str, int]] = {}
+            for row in finetuned.itertuples():
+                if not store.weights_path(row.key).is_file():
+                    missing.append(row.key)
+                    continue
+                nets[row.key] = load_network(store, study, row.key, r, target, device)
+                src = base_key(r, row.source)
+                refs[row.key] = [("source", src)] + ([("target base", keys[target])] if row.source != target else [])
+                meta[row.key] = (row.role, int(row.n))
+            names = nets[keys["A"]].block_names
+            task = study.task(r, target)
+            x, _ = part_images(task.test, max_images, seed)
+            images = max(images, x.shape[0])
+            num_layers = len(names)
+            accs = {("bases", ""): MinibatchCKA(num_layers, num_layers)}
+            for key, pairs in refs.items():
+                for ref_name, _ in pairs:
+                    accs[(key, ref_name)] = MinibatchCKA(num_layers, num_layers)
+            for idx in minibatches(x.shape[0], batch_size, seed):
+                grams = {}
+                for k, net in nets.items():
+                    outputs = next(layer_outputs(net, x[idx], task, None, len(idx)))
+                    grams[k] = torch.stack([gram_linear(h) for h in outputs])
+                accs[("bases", "")].update_grams(grams[keys["A"]], grams[keys["B"]])
+                for key, pairs in refs.items():
+                    for ref_name, ref_key in pairs:
+                        accs[(key, ref_name)].update_grams(grams[key], grams[ref_key])
+            for (key, ref_name), acc in accs.items():
+                values = acc.value(strict=False)
+                undefined = acc.undefined()
+                if undefined[0] or undefined[1]:
+                    notes.append(f"replicate {r}, target {target}, {key if key != 'bases' else 'baseA vs baseB'}: "
+                                 f"CKA undefined at layer(s) {sorted({i + 1 for i in undefined[0] + undefined[1]})} "
+                                 "(constant outputs)")
+                if key == "bases":
+                    for i in range(num_layers):
+                        for j in range(num_layers):
+                            base_rows.append((r, target, i + 1, j + 1, float(values[i, j])))
+                else:
+                    role, n = meta[key]
+                    for i in range(num_layers):
+                        ft_rows.append((r, target, key, role, n, i + 1, ref_name, float(values[i, i])))
+    if missing:
+        notes.append(f"{len(missing)} fine-tuned network(s) have no recorded weights (eval.save_weights = "
+                     f"\"bases\"?), e.g. {missing[0]}: not compared")
+    return Similarity(
+        pd.DataFrame(base_rows, columns=["replicate", "target", "layer_a", "layer_b", "cka"]),
+        pd.DataFrame(ft_rows, columns=["replicate", "target", "key", "role", "n", "layer", "reference", "cka"]),
+        tuple(names), images, batch_size, notes)
+
+
+def base_curve(sim: Similarity) -> pd.DataFrame:
+    """CKA(baseA layer l, baseB layer l) per layer: mean, 95% CI and count over replicates and targets."""
+    from transferscope.report.stats import mean_ci
+
+    diag = sim.bases.loc[sim.bases["layer_a"] == sim.bases["layer_b"]]
+    rows = [(int(layer), *mean_ci(g["cka"])) for layer, g in diag.groupby("layer_a")]
+    return pd.DataFrame(rows, columns=["layer", "mean", "ci_low", "ci_high", "count"])
+
+
+def base_matrix(sim: Similarity) -> np.ndarray:
+    """The mean layer-by-layer matrix (rows: baseA's layers, columns: baseB's)."""
+    if sim.bases.empty:
+        return np.zeros((0, 0))
+    table = sim.bases.groupby(["layer_a", "layer_b"])["cka"].mean().unstack("layer_b")
+    return table.to_numpy()
+
+
+def finetune_table(sim: Similarity, reference: str = "source") -> pd.DataFrame:
+    """Mean, 95% CI and count of CKA(fine-tuned layer l, reference layer l) per role, n and layer."""
+    from transferscope.report.stats import mean_ci
+
+    ft = sim.finetuned.loc[sim.finetuned["reference"] == reference]
+    rows = [(role, int(n), int(layer), *mean_ci(g["cka"]))
+            for (role, n, layer), g in ft.groupby(["role", "n", "layer"])]
+    return pd.DataFrame(rows, columns=["role", "n", "layer", "mean", "ci_low", "ci_high", "count"])
+
+
+__all__ = ["Similarity", "base_curve", "base_matrix", "finetune_table", "study_similarity"]

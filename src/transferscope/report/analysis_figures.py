@@ -1,0 +1,211 @@
+"""Figures of the analyses (transferscope.analysis): CKA curves and heatmaps, predicted against
+measured transfer, first-layer filters, accuracy by target size, validation curves.
+
+Like figures.py: :class:`matplotlib.figure.Figure` objects, Agg rendering, no pyplot state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from transferscope.report.figures import DPI, STYLES
+from transferscope.report.stats import mean_ci
+
+_ROLE_NAMES = {"selffer+": "BnB+", "transfer+": "AnB+"}
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _band(ax, x, rows: pd.DataFrame, color, label, marker="o", ls="-", fill=True) -> None:
+    ax.plot(x, rows["mean"], color=color, marker=marker, ms=4, lw=1.5, ls=ls, label=label)
+    lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+    if fill and np.isfinite(lo).any():
+        ax.fill_between(np.asarray(x, dtype=float), lo, hi, color=color, alpha=0.15, lw=0)
+
+
+def _legend(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+
+
+def plot_cka_curves(curve: pd.DataFrame, finetune: pd.DataFrame, layer_names: Sequence[str], title: str) -> Figure:
+    """Left: CKA(baseA, baseB) per layer. Then one panel per fine-tuned role: CKA(fine-tuned
+    network, the base it copied from) per layer, a line per cut point n (filled markers: copied
+    layers 1..n; open: re-initialised layers)."""
+    roles = [r for r in ("selffer+", "transfer+") if not finetune.empty and (finetune["role"] == r).any()]
+    fig = Figure(figsize=(4.2 * (1 + len(roles)), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, 1 + len(roles), sharey=True))
+    layers = np.arange(1, len(layer_names) + 1)
+    ax = axes[0]
+    if not curve.empty:
+        _band(ax, curve["layer"], curve, "black", "baseA vs baseB")
+    ax.set_title("baseA vs baseB, same layer", fontsize=10)
+    ax.set_ylabel("linear CKA (unbiased)")
+    cmap = colormaps["viridis"]
+    for ax, role in zip(axes[1:], roles):
+        rows = finetune.loc[finetune["role"] == role]
+        ns = sorted(set(rows["n"]))
+        for i, n in enumerate(ns):
+            r = rows.loc[rows["n"] == n].sort_values("layer")
+            color = cmap(i / max(1, len(ns) - 1) * 0.85)
+            ax.plot(r["layer"], r["mean"], color=color, lw=1.4, label=f"n={n}")
+            copied = r["layer"] <= n
+            ax.scatter(r.loc[copied, "layer"], r.loc[copied, "mean"], color=color, s=22, zorder=3)
+            ax.scatter(r.loc[~copied, "layer"], r.loc[~copied, "mean"], facecolors="white", edgecolors=color, s=22,
+                       zorder=3)
+        src = "baseB" if role == "selffer+" else "baseA"
+        ax.set_title(f"{_ROLE_NAMES[role]} vs {src} (its source)", fontsize=10)
+        ax.legend(loc="lower left", fontsize=8, frameon=False, ncols=2 if len(ns) > 4 else 1)
+    for ax in axes:
+        ax.set_xticks(layers)
+        ax.set_xticklabels([f"{i}\n{name}" for i, name in zip(layers, layer_names)], fontsize=7)
+        ax.set_xlabel("layer")
+        ax.axhline(1.0, color="0.7", lw=0.8, ls=":")
+        ax.grid(True, color="0.92", lw=0.6)
+    fig.suptitle(title + " (test images of the target task; mean over replicates and targets)", fontsize=10)
+    return fig
+
+
+def plot_cka_heatmaps(matrix: np.ndarray, finetune: pd.DataFrame, layer_names: Sequence[str], title: str) -> Figure:
+    """Left: CKA of every layer of baseA (rows) with every layer of baseB (columns). Then, per
+    fine-tuned role, CKA with its source at each layer (columns) for each cut point n (rows)."""
+    roles = [r for r in ("selffer+", "transfer+") if not finetune.empty and (finetune["role"] == r).any()]
+    fig = Figure(figsize=(4.3 * (1 + len(roles)) + 1.0, 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, 1 + len(roles)))
+    labels = [f"{i + 1} {n}" for i, n in enumerate(layer_names)]
+    panels = [(axes[0], matrix, labels, labels, "baseA layer", "baseB layer", "baseA vs baseB")]
+    for ax, role in zip(axes[1:], roles):
+        table = finetune.loc[finetune["role"] == role].pivot_table(index="n", columns="layer", values="mean")
+        src = "baseB" if role == "selffer+" else "baseA"
+        panels.append((ax, table.to_numpy(), [f"n={n}" for n in table.index], [str(c) for c in table.columns],
+                       "cut point n", "layer", f"{_ROLE_NAMES[role]} vs {src}"))
+    image = None
+    for ax, values, rows, cols, ylabel, xlabel, name in panels:
+        if values.size == 0:
+            ax.set_axis_off()
+            continue
+        image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=1, cmap="magma", origin="lower")
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_xticks(range(len(cols)), cols, fontsize=7, rotation=45 if len(cols) > 6 else 0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=10)
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v) and values.size <= 100:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8, label="linear CKA")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_estimates(scores: pd.DataFrame, measured: pd.DataFrame, labels: dict[str, str], title: str) -> Figure:
+    """Measured AnB top-1 and each score against the cut point n (mean and 95% CI over replicates
+    and both directions)."""
+    panels = [("measured", "measured AnB test top-1")] if not measured.empty else []
+    panels += list(labels.items())
+    fig = Figure(figsize=(3.3 * len(panels), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (col, label) in zip(axes, panels):
+        data = measured if col == "measured" else scores
+        rows = [(int(n), *mean_ci(g[col])) for n, g in data.groupby("n")]
+        table = pd.DataFrame(rows, columns=["n", "mean", "ci_low", "ci_high", "count"])
+        color = STYLES["transfer"].color if col == "measured" else "#31688e"
+        _band(ax, table["n"], table, color, label, marker=STYLES["transfer"].marker if col == "measured" else "o")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("cut point n")
+        ax.set_xticks(sorted(set(table["n"])))
+        ax.grid(True, color="0.92", lw=0.6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_filters(panels: Sequence, title: str) -> Figure:
+    """Filter grids: one row per base network (a panel labelled ``base...``), followed in its row
+    by the fine-tuned networks that copied it, each titled with its weight change."""
+    rows: list[list] = []
+    for p in panels:
+        if p.label.startswith("base") or not rows:
+            rows.append([])
+        rows[-1].append(p)
+    cols = max(len(r) for r in rows)
+    aspect = max(p.image.shape[0] / p.image.shape[1] for p in panels)
+    width = 3.2
+    fig = Figure(figsize=(width * cols, (width * aspect + 0.6) * len(rows) + 0.4), layout="constrained")
+    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for r, row in enumerate(rows):
+        for c, p in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(p.image, interpolation="nearest")
+            label = p.label.split(" (")[0]
+            change = f"\nweights changed {p.change:.1%}" if p.change is not None else "\n(source)"
+            ax.set_title(label + change, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_target_sizes(summary: pd.DataFrame, title: str) -> Figure:
+    """Test top-1 against training images per class (log scale): base from scratch in both
+    panels; frozen AnB (left) and fine-tuned AnB+ (right), one line per cut point n."""
+    fig = Figure(figsize=(11.0, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    base = summary.loc[summary["role"] == "base"].sort_values("per_class")
+    ns = sorted(set(summary.loc[summary["role"] != "base", "n"]))
+    cmap = colormaps["plasma"]
+    for ax, role, name in ((axes[0], "transfer", "AnB: copied layers frozen"),
+                           (axes[1], "transfer+", "AnB+: copied layers fine-tuned")):
+        if not base.empty:
+            _band(ax, base["per_class"], base, "black", "base (from scratch)", ls="--")
+        for i, n in enumerate(ns):
+            rows = summary.loc[(summary["role"] == role) & (summary["n"] == n)].sort_values("per_class")
+            if not rows.empty:
+                _band(ax, rows["per_class"], rows, cmap(i / max(1, len(ns) - 1) * 0.85), f"n={n}",
+                      marker=STYLES[role].marker, fill=False)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images per class (log scale)")
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, color="0.92", lw=0.6, which="both")
+    axes[0].set_ylabel("test top-1 (mean; band: 95% CI of base)")
+    _legend(axes[1])
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_convergence(curves: dict[str, list[float]], networks: pd.DataFrame, title: str) -> Figure:
+    """Validation top-1 per epoch of each full-data base network; still-improving ones in red,
+    with the fitted tail slope."""
+    fig = Figure(figsize=(8.0, 4.0))
+    ax = fig.subplots()
+    full = networks.loc[networks["target_size"].isna()]
+    for row in full.itertuples():
+        curve = curves.get(row.key, [])
+        epochs = np.arange(1, len(curve) + 1)
+        color = "#c0392b" if row.still_improving else "0.35"
+        ax.plot(epochs, curve, color=color, lw=1.2, alpha=0.9,
+                label=f"{row.key}" + (" (still improving)" if row.still_improving else ""))
+        if np.isfinite(row.slope) and row.k >= 2:
+            x = epochs[-row.k:]
+            y = np.asarray(curve[-row.k:], dtype=float)
+            ax.plot(x, y.mean() + row.slope * (x - x.mean()), color=color, lw=2.5, alpha=0.4)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("validation top-1")
+    ax.grid(True, color="0.92", lw=0.6)
+    if len(full) <= 12:
+        _legend(ax)
+    fig.suptitle(title, fontsize=10)
+    return fig

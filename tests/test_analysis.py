@@ -1,0 +1,589 @@
+"""Tests of transferscope.analysis: CKA, LogME / H-score / linear probe, convergence, freeze or
+fine-tune by target size, the reading, comparing studies, and the whole analysis of a tiny study.
+
+The maths is checked against independent computations: HSIC_1 against Song et al.'s U-statistic
+summed over every 4-tuple of images, minibatch CKA against the biased full-batch formula on many
+images, LogME's fixed point against a brute-force maximisation of the log evidence written with an
+explicit determinant and solve.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from transferscope.analysis import convergence as conv
+from transferscope.analysis import recommend as rec
+from transferscope.analysis.cka import (
+    MinibatchCKA,
+    SmallBatchError,
+    UndefinedCKAError,
+    gram_linear,
+    hsic_unbiased,
+    linear_cka,
+    minibatches,
+)
+from transferscope.analysis.reading import compare_frames, reading
+from transferscope.analysis.transferability import Spectrum, h_score, linear_probe, logme, maximize_evidence
+from transferscope.errors import UserError
+
+TINY = ["train.epochs=2", "treatments.replicates=2", "model.options={widths=[8,16],fc=[16]}",
+        "treatments.cut_points=[1,2]", "execution.workers=1", "treatments.target_sizes=[0.2]"]
+
+
+def _rng(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _pair(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = _rng(seed)
+    x = torch.randn(n, 12, generator=g, dtype=torch.float64)
+    noise = torch.randn(n, 7, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(12, 7, generator=g, dtype=torch.float64) + 0.7 * noise
+    return x, y
+
+
+# ------------------------------------------------------------------------------------------ CKA
+
+
+def test_cka_of_a_representation_with_itself_is_one() -> None:
+    x, _ = _pair()
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    conv_map = torch.randn(20, 3, 4, 4, generator=_rng(1))  # (B, C, H, W) is flattened per image
+    assert linear_cka(conv_map, conv_map) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_invariant_to_orthogonal_transform_isotropic_scaling_and_shift() -> None:
+    x, y = _pair()
+    q, _ = torch.linalg.qr(torch.randn(7, 7, generator=_rng(2), dtype=torch.float64))
+    ref = linear_cka(x, y)
+    assert 0.2 < ref < 0.95  # related, not identical: a meaningful value to preserve
+    assert linear_cka(x, y @ q) == pytest.approx(ref, abs=1e-10)
+    assert linear_cka(x * 37.5, y) == pytest.approx(ref, abs=1e-10)
+    assert linear_cka(x, y * 1e-3) == pytest.approx(ref, abs=1e-10)
+    assert linear_cka(x + 4.0, y - 2.0) == pytest.approx(ref, abs=1e-10)
+    assert linear_cka(x, y) == pytest.approx(linear_cka(y, x), abs=1e-12)
+    # but not to an anisotropic rescaling of the features
+    assert abs(linear_cka(x * torch.linspace(0.1, 10, 12, dtype=torch.float64), y) - ref) > 1e-3
+
+
+def _hsic_u_statistic(k: np.ndarray, l: np.ndarray) -> float:
+    """Song et al. (2012): HSIC_1 is the U-statistic of h(i,j,q,r) = k_ij l_ij + k_ij l_qr - 2 k_ij l_iq
+    averaged over all ordered 4-tuples of distinct images (symmetrised over their 24 orders, which
+    the average over all ordered tuples already does)."""
+    n = k.shape[0]
+    total, count = 0.0, 0
+    for i, j, q, r in itertools.permutations(range(n), 4):
+        total += k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("n", [4, 5, 7])
+def test_unbiased_hsic_equals_the_u_statistic(n: int) -> None:
+    x, y = _pair(n, seed=n)
+    k, l = gram_linear(x), gram_linear(y)
+    assert hsic_unbiased(k, l) == pytest.approx(_hsic_u_statistic(k.numpy(), l.numpy()), rel=1e-10, abs=1e-12)
+
+
+def _biased_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Kornblith et al.'s feature-space formula: |Y'X|_F^2 / (|X'X|_F |Y'Y|_F), centred features."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    return float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
+
+
+def test_minibatch_cka_agrees_with_the_biased_full_batch_formula_on_many_images() -> None:
+    x, y = _pair(4000, seed=3)
+    x, y = x[:, :3], y[:, :2]  # few features: the biased estimator's bias is small
+    acc = MinibatchCKA(1, 1)
+    for idx in minibatches(4000, 400, seed=0):
+        acc.update([x[idx]], [y[idx]])
+    assert acc.batches == 10 and acc.images == 4000
+    assert acc.value()[0, 0] == pytest.approx(_biased_cka(x, y), abs=0.01)
+
+
+def test_minibatch_cka_with_one_batch_is_the_single_batch_value() -> None:
+    x, y = _pair(50)
+    acc = MinibatchCKA(2, 2)
+    acc.update([x, x**2], [y, x])
+    values = acc.value()
+    assert values[0, 0] == pytest.approx(linear_cka(x, y), abs=1e-12)
+    assert values[0, 1] == pytest.approx(1.0, abs=1e-12)
+    assert values[1, 0] == pytest.approx(linear_cka(x**2, y), abs=1e-12)
+
+
+def test_batches_too_small_are_errors_never_nan() -> None:
+    x, y = _pair(3)
+    with pytest.raises(SmallBatchError, match="at least 4 images"):
+        linear_cka(x, y)
+    assert issubclass(SmallBatchError, ValueError) and issubclass(SmallBatchError, UserError)
+    with pytest.raises(ValueError, match="at least 4"):
+        MinibatchCKA(1, 1).update([x], [y])
+    with pytest.raises(ValueError, match="batch size 2"):
+        minibatches(100, 2)
+    with pytest.raises(ValueError, match="at least 4 images"):
+        minibatches(3, 256)
+    # a remainder never forms a tiny last batch
+    sizes = [len(b) for b in minibatches(1030, 256)]
+    assert sum(sizes) == 1030 and min(sizes) >= 256
+    assert linear_cka(*_pair(4)) == linear_cka(*_pair(4))  # n = 4 works
+    assert math.isfinite(linear_cka(*_pair(4)))
+
+
+def test_constant_representation_is_undefined_not_nan() -> None:
+    x, _ = _pair(20)
+    dead = torch.zeros(20, 5, dtype=torch.float64)
+    with pytest.raises(UndefinedCKAError, match="no variance"):
+        linear_cka(x, dead)
+    acc = MinibatchCKA(1, 2)
+    acc.update([x], [x, dead])
+    with pytest.raises(UndefinedCKAError):
+        acc.value()
+    values = acc.value(strict=False)
+    assert values[0, 0] == pytest.approx(1.0) and math.isnan(values[0, 1])
+    assert acc.undefined() == ([], [1])
+
+
+def test_trained_network_is_less_similar_to_a_random_one_than_to_itself(tiny_study_dir) -> None:
+    from transferscope.analysis.networks import layer_outputs, load_network, random_network
+    from transferscope.store import Store
+    from transferscope.study import Study
+
+    store = Store(tiny_study_dir)
+    study = Study.prepare(store.load_config(), splits=store.load_splits())
+    trained = load_network(store, study, "r0-baseB", 0, "B")
+    untrained = random_network(study, 0, "B", seed=123)
+    task = study.task(0, "B")
+    x = task.test.x
+    layers = trained.num_layers
+    vs_self, vs_random = MinibatchCKA(layers, layers), MinibatchCKA(layers, layers)
+    for idx in minibatches(len(x), 64, seed=0):
+        a = next(layer_outputs(trained, x[idx], task, batch_size=len(idx)))
+        b = next(layer_outputs(untrained, x[idx], task, batch_size=len(idx)))
+        vs_self.update(a, a)
+        vs_random.update(a, b)
+    same, random = np.diag(vs_self.value()), np.diag(vs_random.value())
+    assert same == pytest.approx(np.ones(layers), abs=1e-9)
+    assert (random < same - 0.05).all(), random
+
+
+# ---------------------------------------------------------------------------------------- LogME
+
+
+def _log_evidence_direct(alpha: float, beta: float, f: np.ndarray, y: np.ndarray) -> float:
+    """Bayesian linear regression evidence written out: explicit A, solve and log-determinant."""
+    n, d = f.shape
+    a = alpha * np.eye(d) + beta * f.T @ f
+    m = beta * np.linalg.solve(a, f.T @ y)
+    _, logdet = np.linalg.slogdet(a)
+    return (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - n / 2 * np.log(2 * np.pi)
+            - beta / 2 * np.sum((y - f @ m) ** 2) - alpha / 2 * m @ m - logdet / 2)
+
+
+def _logme_brute_force(f: np.ndarray, labels: np.ndarray) -> float:
+    """Maximise the evidence over (log alpha, log beta) with Nelder-Mead from several starts."""
+    out = []
+    for c in range(labels.max() + 1):
+        y = (labels == c).astype(float)
+
+        def negative(p: np.ndarray, y: np.ndarray = y) -> float:
+            return -_log_evidence_direct(np.exp(p[0]), np.exp(p[1]), f, y)
+
+        best = max((minimize(negative, x0,
+                             method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000})
+                    for x0 in [(0.0, 0.0), (3.0, -2.0), (-3.0, 3.0)]), key=lambda r: -r.fun)
+        out.append(-best.fun / len(y))
+    return float(np.mean(out))
+
+
+# a worked example: 9 images, 3 features, 3 classes of 3
+WORKED_F = np.array([[1.0, 0.2, -0.5], [0.8, -0.1, 0.3], [1.2, 0.4, 0.1], [-0.9, 0.3, 0.2], [-1.1, -0.2, 0.4],
+                     [-0.7, 0.1, -0.3], [0.1, 1.0, 0.9], [0.3, 1.2, -0.8], [-0.2, 0.9, 0.5]])
+WORKED_Y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+WORKED_LOGME = -0.6535496  # brute-force maximisation (below) agrees to 1e-7
+
+
+def test_logme_worked_reference_value() -> None:
+    brute = _logme_brute_force(WORKED_F, WORKED_Y)
+    assert brute == pytest.approx(WORKED_LOGME, abs=1e-6)
+    assert logme(WORKED_F, WORKED_Y) == pytest.approx(brute, abs=1e-7)
+
+
+@pytest.mark.parametrize("n,d", [(40, 5), (30, 30), (12, 25)])
+def test_logme_fixed_point_matches_brute_force_evidence_maximisation(n: int, d: int) -> None:
+    rng = np.random.default_rng(n + d)
+    f = rng.normal(size=(n, d))
+    labels = (f[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(int)
+    assert logme(f, labels) == pytest.approx(_logme_brute_force(f, labels), abs=1e-6)
+    # the fixed point is a maximum: nudging alpha or beta does not raise the evidence (beyond the
+    # slack of a very flat optimum, where the supremum lies at alpha -> infinity)
+    y = (labels == 1).astype(float)
+    value, alpha, beta = maximize_evidence(Spectrum.of(f), y)
+    assert value == pytest.approx(_log_evidence_direct(alpha, beta, f, y) / n, abs=1e-7)
+    for da, db in [(1.1, 1), (0.9, 1), (1, 1.1), (1, 0.9)]:
+        assert _log_evidence_direct(alpha * da, beta * db, f, y) / n <= value + 1e-7
+
+
+def test_logme_prefers_features_that_separate_the_labels() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    centres = rng.normal(size=(4, 16)) * 3
+    separable = centres[labels] + rng.normal(size=(300, 16))
+    noise = rng.normal(size=(300, 16))
+    assert logme(separable, labels) > logme(noise, labels) + 0.1
+    assert h_score(separable, labels) > h_score(noise, labels) + 1.0
+
+
+def test_logme_invariant_to_rotation_scaling_and_image_order() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 120)
+    f = rng.normal(size=(120, 10)) + labels[:, None] * rng.normal(size=10)
+    q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    ref = logme(f, labels)
+    assert logme(f @ q, labels) == pytest.approx(ref, abs=1e-7)
+    assert logme(f * 250.0, labels) == pytest.approx(ref, abs=1e-7)
+    perm = rng.permutation(120)
+    assert logme(f[perm], labels[perm]) == pytest.approx(ref, abs=1e-9)
+
+
+def test_logme_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        logme(np.ones((5, 2)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="NaN"):
+        logme(np.full((5, 2), np.nan), np.zeros(5, dtype=int))
+
+
+def test_h_score_reference_values() -> None:
+    # one-hot features carry all the label information: H = tr(cov^+ cov) = rank = K - 1
+    labels = np.random.default_rng(2).integers(0, 4, 200)
+    onehot = np.eye(4)[labels]
+    assert h_score(onehot, labels, shrinkage=False) == pytest.approx(3.0, abs=1e-9)
+    # the direct formula, written out
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(200, 5)) + labels[:, None]
+    fc = f - f.mean(0)
+    means = np.stack([fc[labels == c].mean(0) for c in range(4)])
+    g = means[labels]
+    direct = np.trace(np.linalg.pinv(fc.T @ fc / 200) @ (g.T @ g / 200))
+    assert h_score(f, labels, shrinkage=False) == pytest.approx(direct, rel=1e-9)
+    # with many images per feature, shrinkage changes little
+    assert h_score(f, labels) == pytest.approx(h_score(f, labels, shrinkage=False), rel=0.05)
+
+
+def test_linear_probe_separable_and_noise() -> None:
+    rng = np.random.default_rng(4)
+
+    def data(n: int, separable: bool) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 3, n)
+        x = rng.normal(size=(n, 8)) + (4 * np.eye(3, 8)[y] if separable else 0)
+        return x, y
+
+    good = linear_probe(data(150, True), data(60, True), data(90, True))
+    assert good.top1 > 0.9 and good.val_top1 > 0.9
+    bad = linear_probe(data(150, False), data(60, False), data(300, False))
+    assert bad.top1 < 0.5  # chance is 1/3
+
+
+# ------------------------------------------------------------------------- features and filters
+
+
+def test_reduce_features_flattens_or_pools() -> None:
+    from transferscope.analysis.networks import reduce_features
+
+    h = torch.arange(2 * 4 * 6 * 6, dtype=torch.float32).reshape(2, 4, 6, 6)
+    assert reduce_features(h, 144).shape == (2, 144)  # fits: flattened as it is
+    torch.testing.assert_close(reduce_features(h, 144), h.reshape(2, -1))
+    pooled = reduce_features(h, 100)  # 4 * g^2 <= 100: g = 5 -> (2, 100)
+    assert pooled.shape == (2, 100)
+    assert reduce_features(h, 20).shape == (2, 16)  # g = 2
+    gap = reduce_features(h, 3)  # fewer than the channels: global average pooling
+    torch.testing.assert_close(gap, h.mean((2, 3)))
+    tokens = torch.randn(2, 10, 8)
+    torch.testing.assert_close(reduce_features(tokens, 16), tokens.mean(1))
+
+
+def test_filter_grid_normalises_each_filter() -> None:
+    from transferscope.analysis.filters import filter_grid
+
+    w = torch.stack([torch.full((3, 2, 2), 5.0), torch.arange(12.0).reshape(3, 2, 2) * -7])
+    image = filter_grid(w, columns=2, pad=1)
+    assert image.shape == (1 * 3 + 1, 2 * 3 + 1, 3)
+    assert (image[1:3, 1:3] == 0.5).all()  # a constant filter: mid grey, not NaN
+    second = image[1:3, 4:6]
+    assert second.min() == 0.0 and second.max() == 1.0
+    assert (image[0] == 1.0).all()  # white separators
+    grey = filter_grid(torch.randn(5, 1, 3, 3))
+    assert np.isfinite(grey).all() and (grey[..., 0] == grey[..., 1]).all()
+
+
+# ---------------------------------------------------------------------------------- convergence
+
+
+def test_tail_slope_and_budget() -> None:
+    assert conv.tail_length(2) == 2 and conv.tail_length(10) == 3 and conv.tail_length(40) == 8
+    slope, k = conv.tail_slope([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert k == 3 and slope == pytest.approx(0.1)
+    assert math.isnan(conv.tail_slope([0.5, 0.6])[0])
+    assert conv.suggest_epochs(20, 0.01) == 100  # 20 * 0.01 / 0.002
+    assert conv.suggest_epochs(20, 0.003) == 40  # at least twice
+    assert conv.suggest_epochs(20, 0.001) == 20
+
+
+def test_check_convergence_flags_rising_curves() -> None:
+    def record(key: str, curve: list[float], role: str = "base", size=None) -> dict:
+        return {"key": key, "replicate": 0, "target": "B", "role": role, "status": "done", "target_size": size,
+                "history": [{"epoch": i + 1, "val_top1": v} for i, v in enumerate(curve)]}
+
+    flat = [0.2, 0.5, 0.7, 0.8, 0.85, 0.86, 0.86, 0.861, 0.86, 0.86]
+    rising = [0.1 + 0.03 * i for i in range(10)]
+    result = conv.check_convergence([record("r0-baseA", flat), record("r0-baseB", rising),
+                                     record("r0-AnB-n1", rising, role="transfer")], epochs=10)
+    assert list(result.networks["key"]) == ["r0-baseA", "r0-baseB"]  # base networks only
+    assert list(result.flagged["key"]) == ["r0-baseB"]
+    assert result.networks.set_index("key").loc["r0-baseB", "slope"] == pytest.approx(0.03)
+    assert result.suggested_epochs == 150  # 10 * 0.03 / 0.002
+    # on 400 validation images a rise of 2 x 0.005 over the last 3 epochs is within noise
+    # (2 sqrt(0.87 * 0.13 / 400) = 0.034); the other curve's 2 x 0.03 is not (0.048)
+    noisy = flat[:-3] + [0.85, 0.86, 0.865, 0.87]
+    result = conv.check_convergence([record("r0-baseA", noisy), record("r0-baseB", rising)], epochs=10,
+                                    val_images={(0, "B"): 400})
+    row = result.networks.set_index("key").loc["r0-baseA"]
+    assert row["slope_above"] and not row["still_improving"]
+    assert row["noise"] == pytest.approx(2 * math.sqrt(0.87 * 0.13 / 400))
+    assert result.networks.set_index("key").loc["r0-baseB", "still_improving"]
+
+
+# ----------------------------------------------------------------- synthetic run tables (reading)
+
+BASE = {(r, t): 0.60 + 0.05 * r + (0.02 if t == "B" else 0) for r in range(3) for t in "AB"}
+NOISE = {(r, t): 0.004 * ((r * 7 + (t == "B") * 3) % 5 - 2) for r in range(3) for t in "AB"}  # small, unequal
+COADAPT = {1: 0.0, 2: 0.03, 3: 0.06, 4: 0.01}
+SPECIFIC = {1: 0.0, 2: 0.0, 3: 0.04, 4: 0.10}
+GAIN = 0.02
+
+
+def _frame(specific: dict[int, float] = SPECIFIC, replicates: int = 3) -> pd.DataFrame:
+    rows = []
+    for (r, t), base in BASE.items():
+        if r >= replicates:
+            continue
+        rows.append({"key": f"r{r}-base{t}", "replicate": r, "treatment": f"base{t}", "role": "base", "target": t,
+                     "source": None, "n": 0, "status": "done", "test_top1": base, "target_size": np.nan})
+        e = NOISE[(r, t)]
+        for n, coadapt in COADAPT.items():
+            values = {"selffer": base - coadapt + e, "transfer": base - coadapt - specific[n] + 2 * e,
+                      "transfer+": base + GAIN + e, "selffer+": base + e, "random": base - 0.1 * n + e}
+            for role, v in values.items():
+                rows.append({"key": f"r{r}-{role}{t}-n{n}", "replicate": r, "treatment": role, "role": role,
+                             "target": t, "source": None, "n": n, "status": "done", "test_top1": v,
+                             "target_size": np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_reading_states_supported_claims_only() -> None:
+    text = "\n".join(reading(_frame()))
+    assert "**Specificity** (BnB - AnB, paired) is first significantly above zero at n = 3" in text
+    assert "below it (n = 1, 2) the layers are not distinguishable from general" in text
+    mean_noise = np.mean(list(NOISE.values()))
+    assert f"**Co-adaptation** (base - BnB) costs most at n = 3: {COADAPT[3] - mean_noise:+.3f} [" in text
+    assert "(6 pairs), significant." in text
+    assert "beats training from scratch significantly at n = 1, 2, 3, 4" in text
+    assert f"Averaged over the cut points: {GAIN + mean_noise:+.3f} [" in text
+    assert "does not beat its base at n = 1" in text
+    # one replicate per direction only: no interval anywhere, so no significance claim
+    one = "\n".join(reading(_frame(replicates=1).query("target == 'B'")))
+    assert "significant" not in one.replace("not significantly", "")
+    assert "no confidence intervals" in one
+
+
+def test_reading_flags_head_start() -> None:
+    frame = _frame()
+    bnb = (frame["role"] == "selffer") & (frame["n"] == 1)
+    frame.loc[bnb, "test_top1"] += 0.05
+    assert "The frozen selffer beats its own base network at n = 1" in "\n".join(reading(frame))
+
+
+def test_compare_frames_welch_difference() -> None:
+    random_split = _frame()
+    dissimilar = _frame({1: 0.0, 2: 0.05, 3: 0.15, 4: 0.25})
+    c = compare_frames(random_split, dissimilar, "random", "natural-vs-manmade")
+    t = c.table.set_index("n")
+    assert t.loc[1, "diff"] == pytest.approx(0.0, abs=1e-12)
+    assert t.loc[4, "diff"] == pytest.approx(-0.15, abs=1e-12)
+    assert t.loc[4, "diff_high"] < 0 and t.loc[1, "diff_low"] < 0 < t.loc[1, "diff_high"]
+    sentence = c.sentence()
+    assert "falls significantly further below base in natural-vs-manmade at n = 2, 3, 4" in sentence
+    assert "not distinguishable between the two at n = 1" in sentence
+    assert "| 4 |" in c.markdown()
+
+
+# --------------------------------------------------------------------------- target sizes
+
+
+def _size_frame() -> tuple[pd.DataFrame, dict]:
+    """Sizes 5 per class and full: at 5 per class AnB+ n=1 is far better than scratch; at full size
+    everything is within noise of scratch."""
+    rows, classes = [], {}
+    rng = np.random.default_rng(5)
+    for r in range(3):
+        for t in "AB":
+            classes[(r, t)] = 5
+            for size, images, base in ((5, 25, 0.30), (np.nan, 450, 0.80)):
+                b = base + 0.02 * r
+                rows.append({"key": f"b{r}{t}{size}", "replicate": r, "role": "base", "target": t, "n": 0,
+                             "status": "done", "test_top1": b, "target_size": size, "train_images": images})
+                for n in (1, 2):
+                    for role in ("transfer", "transfer+"):
+                        gain = (0.20 if (role, n) == ("transfer+", 1) else 0.05) if size == 5 else 0.0
+                        v = b + gain + rng.normal(0, 0.01)
+                        rows.append({"key": f"{role}{r}{t}{n}{size}", "replicate": r, "role": role, "target": t,
+                                     "n": n, "status": "done", "test_top1": v, "target_size": size,
+                                     "train_images": images})
+    return pd.DataFrame(rows), classes
+
+
+def test_recommendation_by_target_size() -> None:
+    frame, classes = _size_frame()
+    runs = rec.size_runs(frame, classes)
+    assert set(runs["size_label"]) == {"5 per class", "full"}
+    assert sorted(set(runs["per_class"])) == [5.0, 90.0]
+    recs = {r.size_label: r for r in rec.recommend(runs)}
+    small = recs["5 per class"]
+    assert small.best == "AnB+ n=1 (fine-tune)"
+    assert small.vs_scratch == pytest.approx(0.20, abs=0.02) and small.vs_low > 0
+    assert small.verdict == "better than training from scratch"
+    assert "train from scratch" not in small.indistinguishable
+    full = recs["full"]
+    assert "train from scratch" in full.indistinguishable or full.best == "train from scratch"
+    assert full.verdict in ("not distinguishable from training from scratch",
+                            "train from scratch (no transfer treatment has a higher mean)")
+
+
+# ------------------------------------------------------------------------------- tiny study
+
+
+@pytest.fixture(scope="module")
+def tiny_study_dir(tmp_path_factory):
+    from transferscope.config import load_config
+    from transferscope.study import run_study
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("tiny") / "study"
+    run_study(load_config(None, TINY), out, progress=False, report=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_analysis(tiny_study_dir):
+    from transferscope.analysis import analyze_study
+
+    return analyze_study(tiny_study_dir, out_dir=tiny_study_dir / "report")
+
+
+def test_analyze_study_sections_and_files(tiny_study_dir, tiny_analysis) -> None:
+    a = tiny_analysis
+    assert a.notes == []
+    titles = [s.title for s in a.sections]
+    assert titles == ["Was the study trained long enough?", "Representation similarity (CKA)",
+                      "Predicting the curve without training", "First-layer filters",
+                      "Freeze or fine-tune, by target size"]
+    report = tiny_study_dir / "report"
+    for name in ("cka_layers.png", "cka_heatmap.png", "estimate.png", "filters.png", "target_sizes.png",
+                 "cka.csv", "estimate.csv", "target_sizes.csv", "convergence.csv"):
+        assert (report / name).stat().st_size > 0, name
+    # 2 epochs: too few to judge convergence, and the report says so
+    assert "cannot be assessed" in a.sections[0].body
+    assert a.reading and "**Specificity**" in a.reading[0]
+    assert "config.toml" in a.provenance.body and "torch" in a.provenance.body
+
+
+def test_study_cka_tables(tiny_analysis) -> None:
+    bases = tiny_analysis.tables["cka_bases"]
+    assert len(bases) == 2 * 2 * 4 * 4  # replicates x targets x layers x layers
+    assert bases["cka"].notna().all()
+    ft = tiny_analysis.tables["cka_finetuned"]
+    # BnB+/AnA+ and AnB+/BnA+ at n = 1, 2, for each replicate and target, 4 layers; AnB+ also vs baseB
+    assert set(ft["role"]) == {"selffer+", "transfer+"}
+    assert len(ft.query("reference == 'source'")) == 2 * 2 * 2 * 2 * 4
+    copied = ft.query("reference == 'source' and layer <= n")
+    assert (copied["cka"] > 0.8).all()  # fine-tuning two epochs moves copied layers little
+
+
+def test_estimate_scores_every_cut_point(tiny_study_dir, tiny_analysis) -> None:
+    from transferscope.analysis import estimate, format_estimate
+
+    scores = tiny_analysis.tables["estimate"]
+    assert len(scores) == 2 * 2 * 2  # replicates x targets x cut points
+    assert set(scores["source"]) == {"A", "B"} and (scores["source"] != scores["target"]).all()
+    assert np.isfinite(scores[["logme", "h_score", "probe_top1"]].to_numpy()).all()
+    corr = tiny_analysis.tables["estimate_correlations"]
+    assert set(corr["score"]) == {"logme", "h_score", "probe_top1"} and (corr["points"] == 8).all()
+    again = estimate(tiny_study_dir, out=tiny_study_dir / "est.csv")  # the CLI's path: deterministic
+    pd.testing.assert_frame_equal(again.scores.drop(columns="seconds"), scores.drop(columns="seconds"))
+    text = format_estimate(again)
+    assert "LogME" in text and "conv1" in text
+
+
+def test_estimate_needs_base_weights(tmp_path) -> None:
+    import shutil
+
+    from transferscope.analysis import estimate
+    from transferscope.config import load_config
+    from transferscope.store import Store
+
+    store = Store(tmp_path / "empty")
+    store.init(load_config(None, TINY))
+    with pytest.raises(UserError, match="train the base networks first"):
+        estimate(store)
+    shutil.rmtree(tmp_path / "empty")
+
+
+def test_analysis_without_weights_or_runs_degrades_gracefully(tiny_study_dir, tmp_path) -> None:
+    import shutil
+
+    from transferscope.analysis import analyze_study
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_study_dir, copy, ignore=shutil.ignore_patterns("weights", "report"))
+    with pytest.warns(UserWarning, match="estimate"):
+        a = analyze_study(copy)
+    titles = [s.title for s in a.sections]
+    assert "Was the study trained long enough?" in titles and "Freeze or fine-tune, by target size" in titles
+    assert any("estimate: not computed (UserError" in n for n in a.notes)
+    cka = next(s for s in a.sections if s.title == "Representation similarity (CKA)")
+    assert "No base network weights" in cka.body
+    shutil.rmtree(copy / "runs")
+    empty = analyze_study(copy, out_dir=copy / "fresh-report")
+    assert empty.sections == [] and not (copy / "fresh-report").exists()
+
+
+def test_compare_studies_with_itself(tiny_study_dir) -> None:
+    from transferscope.analysis import compare_studies
+
+    c = compare_studies(tiny_study_dir, tiny_study_dir)
+    assert c.label_a != c.label_b and "random 5/5" in c.label_a
+    assert (c.table["diff"].abs() < 1e-12).all()
+    assert "not distinguishable between the two at n = 1, 2" in c.sentence()
+
+
+def test_report_with_analysis(tiny_study_dir, tiny_analysis) -> None:
+    from transferscope.report import ReportMeta, write_report
+    from transferscope.store import Store
+
+    frame = Store(tiny_study_dir).frame()
+    meta = ReportMeta(dataset="digits", split="random 5/5", arch="convnet", replicates=2, num_layers=4,
+                      cut_points=(1, 2))
+    path = write_report(frame[frame["target_size"].isna()], meta, tiny_study_dir / "report", analysis=tiny_analysis)
+    text = path.read_text()
+    for heading in ("## Reading", "## Was the study trained long enough?", "## Representation similarity (CKA)",
+                    "## Predicting the curve without training", "## First-layer filters",
+                    "## Freeze or fine-tune, by target size", "## Provenance"):
+        assert heading in text, heading
+    assert text.index("## Reading") < text.index("## Figures")
+    assert (tiny_study_dir / "report" / "report.html").stat().st_size > 100_000
