@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup clean
+.PHONY: run test setup clean bench bench-quick
 
 setup: $(VENV)/.installed
 
@@ -20,3 +20,11 @@ test: setup
 
 clean:
 	rm -rf $(VENV) results
+
+# The benchmark suite (issue #4, docs/performance.md): about 25 minutes on a 2-core CPU; rewrites
+# docs/performance.md and docs/scaling.png. `make bench-quick` is a smoke run at tiny sizes.
+bench: setup
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-quick: setup
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
