@@ -21,7 +21,7 @@ test: setup
 clean:
 	rm -rf $(VENV) results
 
-# The benchmark suite (issue #4, docs/performance.md): about 25 minutes on a 2-core CPU; rewrites
+# The benchmark suite (issue #4, docs/performance.md): about 20 minutes on a 2-core CPU; rewrites
 # docs/performance.md and docs/scaling.png. `make bench-quick` is a smoke run at tiny sizes.
 bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

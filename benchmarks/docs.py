@@ -15,7 +15,7 @@ below comes from one run of the benchmark suite (issue #4); absolute times are n
 ## Reproduce
 
 ```bash
-make bench                                   # the full suite (about 25 minutes here); rewrites this file
+make bench                                   # the full suite (about 20 minutes here); rewrites this file
 .venv/bin/python -m benchmarks --quick       # a smoke run at tiny sizes (a couple of minutes), results/bench-quick
 .venv/bin/python -m benchmarks --only flops frozen   # some benchmarks (results/bench; docs untouched)
 .venv/bin/python -m benchmarks --render results/bench/results.json   # rewrite this file from saved results

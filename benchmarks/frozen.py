@@ -117,7 +117,11 @@ def part_a(ctx, overrides: list[str]) -> dict[str, Any]:
     for r in rows:
         r["ratio"] = r["engine_s"] / r["standalone_s"]
         r["ratio_with_share"] = (r["engine_s"] + share) / r["standalone_s"]
-    return {"rows": rows, "bank_init_s": bank_init, "bank_step_s": steps, "bank_total_s": bank_total,
+    total_engine = sum(r["engine_s"] for r in rows)
+    total_alone = sum(r["standalone_s"] for r in rows)
+    return {"rows": rows, "group_engine_s": total_engine, "group_standalone_s": total_alone,
+            "group_ratio": total_engine / total_alone, "group_ratio_with_bank": (total_engine + bank_total) / total_alone,
+            "bank_init_s": bank_init, "bank_step_s": steps, "bank_total_s": bank_total,
             "share_s": share, "runs_sharing": len(specs), "train_images": len(task.train), "epochs": tc.epochs,
             "precision": num.name, "views": views}
 
@@ -237,7 +241,13 @@ def run(ctx) -> Section:
           md_table(["n", "train_network (s)", "standalone suffix (s)", "ratio", "ratio incl. share of prefix pass",
                     "views", "cache (MB)"],
                    [[r["n"], f"{r['engine_s']:.2f}", f"{r['standalone_s']:.2f}", f"**{r['ratio']:.2f}**",
-                     f"{r['ratio_with_share']:.2f}", r["views"], f"{r['memory_mb']:.1f}"] for r in a["rows"]]),
+                     f"{r['ratio_with_share']:.2f}", r["views"], f"{r['memory_mb']:.1f}"] for r in a["rows"]]
+                   + [["all 5", f"{a['group_engine_s']:.2f}", f"{a['group_standalone_s']:.2f}", f"**{a['group_ratio']:.2f}**",
+                       f"{a['group_ratio_with_bank']:.2f}", "", ""]]),
+          "",
+          "At n = 4-5 a run trains one or two small fc layers for a few tens of milliseconds, and a fixed cost of "
+          "`train_network` of about 4 ms per run (mostly `CutNet.train()`/`.eval()` switching every block's mode, "
+          "three times an epoch) is what the ratio shows.",
           "",
           "(b) Cached vs naive (`train.frozen_features = \"recompute\"`) on the digits study, every frozen run "
           "compared. Augmentation off, metrics and per-epoch history compared exactly:", "",
@@ -261,7 +271,8 @@ def run(ctx) -> Section:
                    [[f"{r['limit_mb']:.1f}", r["views"] if r["views"] else "0 (runs recompute)",
                      f"{r['resident_max_mb']:.1f}", "yes" if r["within"] else "NO", f"{r['transient_peak_mb']:.1f}"]
                     for r in c["rows"]])]
-    checks = [check("frozen run on cached features / standalone suffix training (worst n)", worst, "<= 1.2", worst <= 1.2)]
+    checks = [check("frozen run on cached features / standalone suffix training (worst n)", worst, "<= 1.2", worst <= 1.2),
+              check("the same, summed over the group's runs", a["group_ratio"], "<= 1.2", a["group_ratio"] <= 1.2)]
     checks += [check(f"cached == recompute without augmentation ({e['precision']})", float(e["identical"]), "identical",
                      e["identical"]) for e in b["exact"]]
     aug = b["augmented"]

@@ -71,6 +71,14 @@ def run(ctx) -> Section:
         within.append(w["within_noise"])
         rows.append([key[0], key[1], len(a[key]), fmt_ci(a[key]), fmt_ci(b.get(key, [])),
                      f"{w['diff']:+.3f} ± {w['half']:.3f}", "yes" if w["within_noise"] else "no"])
+    # pooled: every network paired with its counterpart (same replicate, target, treatment, n: the
+    # same images), mean difference with a t interval over the networks
+    from benchmarks.common import mean_ci
+
+    key = ["replicate", "target", "role", "n"]
+    paired = ts["frame"][key + ["test_top1"]].merge(pd.DataFrame(ref["runs"])[key + ["test_top1"]], on=key,
+                                                      suffixes=("_ts", "_ref"))
+    pm, ph, _ = mean_ci((paired.test_top1_ts - paired.test_top1_ref).astype(float).tolist())
     cfg = ts["config"]
     trains = sorted({r["train_images"] for r in ts["records"]})
     data = {"transferscope": {"decode_s": ts["load_s"], "study_s": ts["study_s"], "total_s": ts_total,
@@ -79,6 +87,7 @@ def run(ctx) -> Section:
                           "loader_workers": ref["loader_workers"], "data_wait_s": ref["data_wait_s"],
                           "step_s": ref["step_s"]},
             "ratio_time": ratio, "speedup": 1 / ratio, "rows_within_noise": sum(within), "rows": len(within),
+            "pooled_paired_diff": pm, "pooled_paired_ci95": ph, "pooled_networks": len(paired),
             "table": rows, "study": {"overrides": study_overrides(ctx, "<fresh cache>"), "train_images_per_task": trains}}
     md = [f"Study: CIFAR-10 JPEG subset `{cfg.data.root}` (first {ctx.cifar_subset[0]} training and "
           f"{ctx.cifar_subset[1]} test images per class), {cfg.data.train_per_class} training images per class "
@@ -97,7 +106,11 @@ def run(ctx) -> Section:
           "",
           f"Test top-1 per treatment, mean ± 95% CI over the networks (replicates x directions); the difference's "
           f"Welch 95% CI decides 'within noise' ({sum(within)} of {len(within)} rows):", "",
-          md_table(["treatment", "n", "networks", "transferscope", "reference", "difference", "within noise"], rows)]
+          md_table(["treatment", "n", "networks", "transferscope", "reference", "difference", "within noise"], rows),
+          "",
+          f"Pooled over all {len(paired)} networks, each paired with its counterpart (same replicate, target, treatment "
+          f"and n, hence the same images): transferscope - reference = {pm:+.4f} ± {ph:.4f} (95% CI; the networks of "
+          "one replicate share their base networks, so this interval is somewhat optimistic)."]
     checks = [check("transferscope total / reference wall time", ratio, "<= 0.333", ratio <= 1 / 3),
               check("treatment x n rows whose accuracies agree within noise", sum(within) / max(len(within), 1),
                     "all (>= 0.9 allows 1 in 20 false alarms at 95%)", sum(within) / max(len(within), 1) >= 0.9)]
