@@ -12,7 +12,6 @@ import contextlib
 import time
 from typing import Any
 
-import torch
 
 from benchmarks.common import Section, check, log, md_table, threads
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import Section, Timer, check, fmt_ci, fmt_sd, log, md_table, mean_ci, threads
+from benchmarks.common import Section, Timer, check, fmt_sd, log, md_table, mean_ci, threads
 
 PAPER_NET = {"widths": [64, 128, 256], "fc": [512, 256]}
 
@@ -217,7 +217,7 @@ def run(ctx) -> Section:
         acc.append(accuracy_study("cifar10-paper-net", [
             "data.dataset=imagefolder", f"data.root={root}", f"data.cache_dir={ctx.ts_cache}",
             f"data.train_per_class={ctx.sizes['acc_tpc']}", f"treatments.replicates={reps}",
-            f"train.epochs={ctx.sizes['acc_epochs']}", f"model.options={{widths=[64,128,256], fc=[512,256]}}"],
+            f"train.epochs={ctx.sizes['acc_epochs']}", "model.options={widths=[64,128,256], fc=[512,256]}"],
             ctx.work, ctx.workers))
     data["accuracy"] = acc
 

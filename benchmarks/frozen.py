@@ -221,7 +221,6 @@ def part_c(ctx, overrides: list[str]) -> dict[str, Any]:
 
 
 def run(ctx) -> Section:
-    from benchmarks.common import cifar10_subset
     from benchmarks.versus import study_overrides
 
     cifar = study_overrides(ctx, ctx.ts_cache) + [f"train.epochs={ctx.sizes['a_epochs']}"]

@@ -17,14 +17,12 @@ that both sides train and test on exactly the same images; everything else is or
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
