@@ -29,7 +29,9 @@ def _standalone(suffix: nn.Module, feats, task, cfg, eval_batch: int, numerics, 
     from transferscope.seeds import generator
 
     start = time.perf_counter()
-    opt = torch.optim.SGD(suffix.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # the same SGD kernel as transferscope's (train.make_optimizer: fused on CPU and CUDA)
+    opt = torch.optim.SGD(suffix.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          fused=numerics.device.type in ("cpu", "cuda") or None)
     g = generator(seed)
     y = {p: getattr(task, p).y for p in ("train", "val", "test")}
     n = len(y["train"])

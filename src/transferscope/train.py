@@ -42,6 +42,9 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     return 1.0
 
 
+_FUSED_SGD_DEVICES = ("cpu", "cuda")
+
+
 def make_optimizer(model: CutNet, cfg: TrainConfig, copied: int) -> torch.optim.SGD:
     """SGD over exactly the trainable parameters. Copied layers that train (fine-tuning) take
     ``cfg.lr * cfg.finetune_lr_scale``; the paper used the same rate everywhere (scale 1)."""
@@ -50,7 +53,9 @@ def make_optimizer(model: CutNet, cfg: TrainConfig, copied: int) -> torch.optim.
     groups = [{"params": [p for p in params if id(p) not in copied_ids], "lr_scale": 1.0},
               {"params": [p for p in params if id(p) in copied_ids], "lr_scale": cfg.finetune_lr_scale}]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # the fused kernel updates every tensor in one pass (half the step time of an fc suffix on a CPU)
+    fused = all(p.device.type in _FUSED_SGD_DEVICES for p in params) or None
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
 
 
 class PixelFeed:
@@ -106,19 +111,23 @@ def evaluate(model: CutNet, feed: Feed, part: str, numerics: Numerics, batch_siz
     """Top-1 (and top-5 where the task has more than 5 classes) of ``model`` on a task part."""
     was_training = model.training
     model.eval()
-    correct1 = correct5 = total = 0
+    top5 = feed.task.num_classes > 5
+    hits: list[torch.Tensor] = []  # per batch: top-1 (and top-5) hits; one device sync at the end
+    total = 0
     with numerics.autocast():
         for xb, y in feed.eval_batches(part, batch_size):
             logits = model.forward_suffix(xb, feed.start) if feed.start else model(xb)
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(1).sum().item()
+            if top5:
+                top = logits.topk(5, dim=1).indices
+                hits.append(torch.stack([(top[:, 0] == y).sum(), (top == y[:, None]).any(1).sum()]))
+            else:
+                hits.append((logits.argmax(1) == y).sum())
             total += len(y)
     model.train(was_training)
-    out = {"top1": correct1 / total}
-    if feed.task.num_classes > 5:
-        out["top5"] = correct5 / total
-    return out
+    counts = torch.stack(hits).sum(0).tolist()
+    if not top5:
+        return {"top1": counts / total}
+    return {"top1": counts[0] / total, "top5": counts[1] / total}
 
 
 def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, *, copied: int,
@@ -146,27 +155,31 @@ def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalCon
 def _train(model: CutNet, feed: Feed, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, g: torch.Generator,
            numerics: Numerics, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
     opt = make_optimizer(model, cfg, copied)
-    scaler = torch.amp.GradScaler(numerics.device.type, enabled=numerics.dtype == torch.float16)
+    # loss scaling only for fp16; bf16 and fp32 step directly (no per-step scaler calls)
+    scaler = torch.amp.GradScaler(numerics.device.type) if numerics.dtype == torch.float16 else None
     n = len(feed.task.train)
     outcome = Outcome("done")
+    model.train()  # evaluate() puts it back in training mode
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, epoch) * group["lr_scale"]
-        model.train()
         order = torch.randperm(n, generator=g)
-        total, steps = torch.zeros((), device=numerics.device), 0
+        losses = []
         # the ragged last batch is dropped: BatchNorm needs more than one sample
         for xb, yb in feed.train_batches(epoch, order, cfg.batch_size, g):
             with numerics.autocast():
                 logits = model.forward_suffix(xb, feed.start) if feed.start else model(xb)
                 loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += loss.detach().float()
-            steps += 1
-        train_loss = total.item() / max(steps, 1)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            losses.append(loss.detach())
+        train_loss = torch.stack(losses).float().mean().item() if losses else 0.0
         if not math.isfinite(train_loss):
             outcome.status, outcome.diverged_epoch = "diverged", epoch + 1
             break

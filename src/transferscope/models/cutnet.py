@@ -7,7 +7,7 @@ blocks has cut points n = 1..L-1. Every architecture in the registry is built as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -33,19 +33,33 @@ class CutNet(nn.Module):
 
     def train(self, mode: bool = True) -> CutNet:
         """Frozen blocks stay in eval mode whatever the caller asks: their BatchNorm keeps its
-        running statistics and their dropout stays off for the whole run."""
-        super().train(mode)
-        for block in self.blocks[: self.num_frozen]:
-            block.eval()
+        running statistics and their dropout stays off for the whole run. (Called every epoch
+        and around every evaluation, so a frozen block already in eval mode is left alone.)"""
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        for child in self.children():
+            if child is not self.blocks:
+                child.train(mode)
+        self.blocks.training = mode
+        for i, block in enumerate(self.blocks):
+            if i >= self.num_frozen:
+                block.train(mode)
+            elif block.training:
+                block.eval()
         return self
 
+    def _range(self, start: int, stop: int) -> Iterator[nn.Module]:
+        # indexing, not slicing: a ModuleList slice builds a new Module on every call
+        return (self.blocks[i] for i in range(start, min(stop, len(self.blocks))))
+
     def forward_prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        for block in self.blocks[:n]:
+        for block in self._range(0, n):
             x = block(x)
         return x
 
     def forward_suffix(self, h: torch.Tensor, n: int) -> torch.Tensor:
-        for block in self.blocks[n:]:
+        for block in self._range(n, len(self.blocks)):
             h = block(h)
         return h
 
@@ -53,7 +67,7 @@ class CutNet(nn.Module):
     def prefix_is_constant(self) -> bool:
         """Whether the frozen prefix has no trainable parameter at all (its output then needs
         no gradient, and is the same for the same input throughout a run)."""
-        return not any(p.requires_grad for p in self.blocks[: self.num_frozen].parameters())
+        return not any(p.requires_grad for block in self._range(0, self.num_frozen) for p in block.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_frozen and self.prefix_is_constant:
