@@ -47,6 +47,11 @@ and the studies read a subset folder of symbolic links to the first images of ev
   whole batch on the device: no per-image Python, no DataLoader processes.
 - **bf16 and channels_last** (`train.precision = "auto"`, `train.channels_last = true`). bf16
   autocast where the CPU (AVX-512 bf16 / AMX) or GPU supports it; NHWC memory layout for convolutions.
+- **A lean training step** (`train.py`). SGD runs as PyTorch's fused kernel (one pass over every
+  parameter: half the step time of an fc suffix on this CPU), the loss scaler exists only for fp16,
+  an evaluation synchronises with the device once, and switching train/eval mode leaves frozen
+  blocks alone. These matter most for the smallest runs, the classifier trained on layer 5's
+  cached features, whose whole run takes tens of milliseconds.
 - **Parallel runs** (`execution.workers`, one per core by default, `execution.threads` = 1 each).
   Jobs go to worker processes as soon as the base network they copy from is recorded. Results do
   not depend on the number of workers.

@@ -124,6 +124,59 @@ def _profile(step) -> dict[str, float]:
     return {k: v / all_us for k, v in totals.items()}
 
 
+def layer_rates(options: dict, batch: int, reps: int) -> list[dict[str, Any]]:
+    """Each weight layer of the bf16 + channels_last net alone, at the shape it sees in the net:
+    GFLOP/s of its forward kernel and of its backward (input and weight gradients; the weight
+    gradient only for the first layer, whose input needs none). The kernels' own ceiling: a step
+    can be no faster than the sum of these, whatever happens to the elementwise work around them."""
+    from transferscope.models import create_model
+
+    num = _numerics("bf16", True)
+    net = num.prepare_model(create_model("convnet", 5, (3, 32, 32), options, init_seed=0)).train()
+    h = num.prepare_input(torch.randn(batch, 3, 32, 32))
+    rows = []
+    for i, block in enumerate(net.blocks):
+        for layer in block:
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                x = h.flatten(1) if isinstance(layer, torch.nn.Linear) and h.ndim > 2 else h
+                timed = _time_layer(layer, x.detach().requires_grad_(i > 0), num, reps)
+                rows.append(timed | {"layer": net.block_names[i]})
+        with torch.no_grad(), num.autocast():
+            h = block(h)
+    return rows
+
+
+def _time_layer(layer: torch.nn.Module, x: torch.Tensor, num, reps: int) -> dict[str, Any]:
+    def fwd() -> torch.Tensor:
+        with num.autocast():
+            return layer(x)
+
+    out = fwd()
+    grad = torch.randn_like(out)
+    macs = out.numel() * (layer.in_features if isinstance(layer, torch.nn.Linear)
+                          else layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1])
+    for _ in range(2):
+        fwd().backward(grad)
+
+    def best(f) -> float:
+        t_best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(reps):
+                f()
+            t_best = min(t_best, (time.perf_counter() - t) / reps)
+        return t_best
+
+    t_fwd = best(fwd)
+    t_both = best(lambda: fwd().backward(grad))
+    t_bwd = max(t_both - t_fwd, 1e-9)
+    bwd_flops = 2 * macs * (2 if x.requires_grad else 1)
+    shape = "x".join(map(str, x.shape[1:]))
+    return {"kind": type(layer).__name__, "input": shape, "out": tuple(out.shape[1:]), "fwd_s": t_fwd, "bwd_s": t_bwd,
+            "fwd_gflops": 2 * macs / t_fwd / 1e9, "bwd_gflops": bwd_flops / t_bwd / 1e9,
+            "flops": 2 * macs + bwd_flops}
+
+
 def end_to_end_rate(options: dict, precision: str, channels_last: bool, images: int, epochs: int) -> dict[str, Any]:
     """Images/s and FLOP/s of ``train_network`` on an in-memory task (augmentation on; tiny
     validation and test parts so that training dominates)."""
@@ -204,6 +257,8 @@ def run(ctx) -> Section:
                 log(f"convnet step {precision} channels_last={cl}: {r['gflops']:.0f} GFLOP/s "
                     f"({r['fraction_of_matmul']:.0%} of matmul), end to end {e2e['gflops']:.0f} GFLOP/s")
         data["steps"] = rows
+        layers = layer_rates(PAPER_NET, batch, 2 if q else 5)
+        data["layers"] = layers
 
     # accuracy: bf16 vs fp32
     acc = []
@@ -243,6 +298,22 @@ def run(ctx) -> Section:
             f"{k} {v:.0%}" for k, v in prof.items()) + f". The convolution and matmul kernels alone run at "
             f"{bf['gflops'] / max(kernel, 1e-9):.0f} GFLOP/s ({bf['gflops'] / max(kernel, 1e-9) / peak['bf16']:.0%} "
             "of the matmul peak); the rest is memory-bound elementwise work.", ""]
+    kernel_s = sum(r["fwd_s"] + r["bwd_s"] for r in layers)
+    ceiling = sum(r["flops"] for r in layers) / kernel_s / 1e9
+    data["kernel_ceiling_gflops"] = ceiling
+    md += ["Each weight layer of the bf16 + channels_last net alone, at the shape it has in the net (forward; "
+           "backward = input and weight gradients, the weight gradient only for conv1). Even if everything "
+           f"between these kernels (BatchNorm, ReLU, pooling, the optimizer) cost nothing, a step would run at "
+           f"{ceiling:.0f} GFLOP/s, **{ceiling / peak['bf16']:.0%} of the bf16 matmul rate**"
+           + (": the kernels themselves (the convolutions' weight gradients most of all) stay below 70% of it."
+              if ceiling / peak["bf16"] < 0.7 else "; the gap to it is the elementwise work around the kernels."),
+           "",
+           md_table(["layer", "kernel", "input", "forward (ms)", "forward GFLOP/s", "of matmul", "backward (ms)",
+                     "backward GFLOP/s", "of matmul"],
+                    [[r["layer"], r["kind"], r["input"], f"{r['fwd_s'] * 1e3:.1f}", f"{r['fwd_gflops']:.0f}",
+                      f"{r['fwd_gflops'] / peak['bf16']:.0%}", f"{r['bwd_s'] * 1e3:.1f}", f"{r['bwd_gflops']:.0f}",
+                      f"{r['bwd_gflops'] / peak['bf16']:.0%}"] for r in layers]),
+           ""]
     md += ["Accuracy, bf16 vs fp32 (base networks, same splits/seeds/data order; test top-1 mean ± std; paired "
            "difference bf16 - fp32 with 95% CI):", "",
            md_table(["study", "networks", "fp32", "bf16", "bf16 - fp32", "within noise"],
@@ -251,6 +322,8 @@ def run(ctx) -> Section:
                       "yes" if a["within_noise"] else "no"] for a in acc])]
     checks = [check("bf16 + channels_last step FLOP/s / bf16 matmul FLOP/s", bf["fraction_of_matmul"], ">= 0.70",
                     bf["fraction_of_matmul"] >= 0.70),
+              check("bf16 conv/matmul kernels alone (the ceiling if all other work were free) / bf16 matmul",
+                    ceiling / peak["bf16"], "(none; above the step's ratio)", True),
               check("fp32 + channels_last step FLOP/s / fp32 matmul FLOP/s (for reference)", fp["fraction_of_matmul"],
                     "(none)", True)]
     checks += [check(f"bf16 accuracy = fp32 within replicate noise ({a['tag']})", a["paired_diff_mean"],
