@@ -49,6 +49,17 @@ def matmul_rate(dtype: torch.dtype, sizes: tuple[int, ...], min_seconds: float) 
     return out
 
 
+def best_time(f, reps: int, blocks: int = 3) -> float:
+    """Seconds per call of ``f``: the best of ``blocks`` timings of ``reps`` calls each."""
+    best = float("inf")
+    for _ in range(blocks):
+        t = time.perf_counter()
+        for _ in range(reps):
+            f()
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best
+
+
 def _numerics(precision: str, channels_last: bool):
     from transferscope.config import TrainConfig
     from transferscope.precision import Numerics
@@ -87,12 +98,7 @@ def step_rate(options: dict, precision: str, channels_last: bool, batch: int, st
     flops = counter.get_total_flops()
     for _ in range(3):
         step()
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        best = min(best, (time.perf_counter() - t) / steps)
+    best = best_time(step, steps)
     out = {"precision": num.name, "channels_last": channels_last, "batch": batch, "flops_per_step": flops,
            "step_s": best, "gflops": flops / best / 1e9}
     if profile:
@@ -158,17 +164,8 @@ def _time_layer(layer: torch.nn.Module, x: torch.Tensor, num, reps: int) -> dict
     for _ in range(2):
         fwd().backward(grad)
 
-    def best(f) -> float:
-        t_best = float("inf")
-        for _ in range(3):
-            t = time.perf_counter()
-            for _ in range(reps):
-                f()
-            t_best = min(t_best, (time.perf_counter() - t) / reps)
-        return t_best
-
-    t_fwd = best(fwd)
-    t_both = best(lambda: fwd().backward(grad))
+    t_fwd = best_time(fwd, reps)
+    t_both = best_time(lambda: fwd().backward(grad), reps)
     t_bwd = max(t_both - t_fwd, 1e-9)
     bwd_flops = 2 * macs * (2 if x.requires_grad else 1)
     shape = "x".join(map(str, x.shape[1:]))
