@@ -277,7 +277,7 @@ def run(ctx) -> Section:
     fp = next(r for r in rows if r["precision"] == "fp32" and r["channels_last"])
     prof = bf.get("profile", {})
     kernel = prof.get("conv", 0) + prof.get("matmul", 0)
-    md = [f"Net: `convnet` widths {PAPER_NET['widths']}, fc {PAPER_NET['fc']} (conv3x3-BN-ReLU-maxpool x3, "
+    md = [f"Net: `convnet` widths {PAPER_NET['widths']}, fc {PAPER_NET['fc']} (conv3x3-BN-maxpool-ReLU x3, "
           f"fc 4096-512-256-5), 3x32x32 inputs, batch {batch}, {t_threads} thread(s), SGD step as in `train.py`. "
           f"FLOPs per step (FlopCounterMode, forward+backward): {bf['flops_per_step'] / 1e9:.2f} GFLOP.",
           "",

@@ -84,7 +84,8 @@ class FileList(datasets.ImageFolder):
 
 def conv_net(num_classes: int, widths=(32, 64, 128), fc=(128, 64), image_size: int = 32) -> nn.Sequential:
     """conv3x3-BN-ReLU-maxpool blocks, then Linear-ReLU blocks, then the classifier: one
-    Sequential entry per layer (what transferscope's ``convnet`` builds)."""
+    Sequential entry per layer (the function transferscope's ``convnet`` computes; it pools before
+    the ReLU, which gives the same values and gradients)."""
     blocks: list[nn.Module] = []
     cin, side = 3, image_size
     for w in widths:

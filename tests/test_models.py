@@ -198,6 +198,30 @@ def test_convnet_takes_any_small_image(shape):
     assert net(torch.randn(2, *shape)).shape == (2, 4)
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_convnet_pools_before_relu_with_the_same_values_and_gradients(dtype):
+    """The conv block pools before its ReLU (cheaper); conv-BN-ReLU-pool must give bit-identical
+    outputs and gradients, ties and all-negative windows included."""
+    net = create_model("convnet", 3, (3, 8, 8), {"widths": [6], "fc": []}, init_seed=0).train()
+    conv, bn, pool, relu = net.blocks[0]
+    assert isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU)
+    x = torch.randn(4, 3, 8, 8)
+    x[0, :, :2, :2] = 0.5  # equal values in a window
+    grads = []
+    for order in ((conv, bn, pool, relu), (conv, bn, nn.ReLU(), nn.MaxPool2d(2))):
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            h = x
+            for m in order:
+                h = m(h)
+        h.float().pow(2).sum().backward()
+        grads.append((h.detach(), [p.grad.clone() for p in net.blocks[0].parameters()]))
+    (h1, g1), (h2, g2) = grads
+    assert (h1 == 0).any() and (h1 > 0).any()
+    assert torch.equal(h1, h2)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
 #: torchvision models, and an image size each takes as it is (so no resizing in block 1)
 TORCHVISION = [("resnet18", lambda: tvm.resnet18(num_classes=5), 32),
                ("resnet50", lambda: tvm.resnet50(num_classes=5), 32),

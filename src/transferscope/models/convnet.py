@@ -16,9 +16,11 @@ def _conv_block(cin: int, cout: int, pool: bool, norm: str) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=norm != "batch")]
     if norm == "batch":
         layers.append(nn.BatchNorm2d(cout))
-    layers.append(nn.ReLU(inplace=True))
+    # max-pool before ReLU: the same function and gradient as ReLU then pool (ReLU is monotone),
+    # with the ReLU on a quarter of the elements
     if pool:
         layers.append(nn.MaxPool2d(2))
+    layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
@@ -30,7 +32,7 @@ def _fc_block(fin: int, fout: int, dropout: float, flatten: bool) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
-@register_model("convnet", "paper-style conv net for 8-64 px images: conv layers (BN, ReLU, max-pool) then fc layers")
+@register_model("convnet", "paper-style conv net for 8-64 px images: conv layers (BN, max-pool, ReLU) then fc layers")
 def convnet(num_classes: int, image_shape: tuple[int, int, int], widths: Sequence[int] = (32, 64, 128),
             fc: Sequence[int] = (128, 64), norm: str = "batch", dropout: float = 0.0) -> CutNet:
     """``widths``: channels of each conv layer (each halves the image side while the shorter side
