@@ -27,11 +27,12 @@ from benchmarks.common import Section, check, fmt_ci, log, md_table, mean_ci, th
 def _standalone(suffix: nn.Module, feats, task, cfg, eval_batch: int, numerics, seed: int) -> float:
     """Train ``suffix`` on the cached tensors with a plain loop; returns the seconds taken."""
     from transferscope.seeds import generator
+    from transferscope.train import FUSED_SGD_DEVICES
 
     start = time.perf_counter()
     # the same SGD kernel as transferscope's (train.make_optimizer: fused on CPU and CUDA)
     opt = torch.optim.SGD(suffix.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          fused=numerics.device.type in ("cpu", "cuda") or None)
+                          fused=numerics.device.type in FUSED_SGD_DEVICES or None)
     g = generator(seed)
     y = {p: getattr(task, p).y for p in ("train", "val", "test")}
     n = len(y["train"])

@@ -42,7 +42,7 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     return 1.0
 
 
-_FUSED_SGD_DEVICES = ("cpu", "cuda")
+FUSED_SGD_DEVICES = ("cpu", "cuda")
 
 
 def make_optimizer(model: CutNet, cfg: TrainConfig, copied: int) -> torch.optim.SGD:
@@ -54,7 +54,7 @@ def make_optimizer(model: CutNet, cfg: TrainConfig, copied: int) -> torch.optim.
               {"params": [p for p in params if id(p) in copied_ids], "lr_scale": cfg.finetune_lr_scale}]
     groups = [g for g in groups if g["params"]]
     # the fused kernel updates every tensor in one pass (half the step time of an fc suffix on a CPU)
-    fused = all(p.device.type in _FUSED_SGD_DEVICES for p in params) or None
+    fused = all(p.device.type in FUSED_SGD_DEVICES for p in params) or None
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
 
 
