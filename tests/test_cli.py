@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -240,11 +241,29 @@ def test_a_refused_run_leaves_the_recorded_study_byte_identical(study_copy, tmp_
     assert not changed, f"files changed by a refused run: {changed}"
 
 
+def test_another_thread_count_is_refused_and_the_suggested_set_resumes(study_copy, tmp_path):
+    """torch's thread count changes the numbers, so it is part of a study's identity."""
+    before = tree_bytes(study_copy)
+    proc = cli("run", *TINY, "--set", "execution.threads=2", "--output", study_copy, cwd=tmp_path)
+    line = assert_user_error(proc, "^transferscope: error: " + re.escape(
+        f"{study_copy}: holds a study with a different configuration (differs in execution.threads: recorded 1, now "
+        "2); to resume it use --set execution.threads=1, or use another --output") + "$")
+    assert tree_bytes(study_copy) == before, "a refused run must leave the study as it was"
+    # what the line says to do resumes the study without training anything again
+    suggested = shlex.split(re.search(r"to resume it use (.+), or use another --output$", line).group(1))
+    proc = cli("run", *TINY, "--set", "execution.threads=2", *suggested, "--output", study_copy, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{TINY_RUNS} of {TINY_RUNS} runs already recorded, skipped" in proc.stderr
+    assert {k: v for k, v in tree_bytes(study_copy).items() if k.startswith(("runs/", "weights/", "config"))} == \
+        {k: v for k, v in before.items() if k.startswith(("runs/", "weights/", "config"))}
+
+
 def test_same_config_resumes_without_rerunning_anything(study_copy, tmp_path):
     before = {k: v for k, v in tree_bytes(study_copy).items() if k.startswith(("runs/", "weights/"))}
-    # neither the study name nor where runs execute is part of the results: both may differ on resume
-    proc = cli("run", *TINY, "--set", "name=renamed", "--set", "execution.workers=2", "--output", study_copy,
-               cwd=tmp_path)
+    # neither the study name nor the number of worker processes is part of the results: both may
+    # differ on resume (the thread count may not, and stays the recorded one)
+    proc = cli("run", *TINY, "--set", "name=renamed", "--set", "execution.workers=2", "--set", "execution.threads=1",
+               "--output", study_copy, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"{TINY_RUNS} of {TINY_RUNS} runs already recorded, skipped" in proc.stderr
     assert not re.search(r"^\[\d+/\d+\] r0-", proc.stderr, re.MULTILINE), proc.stderr

@@ -1,6 +1,6 @@
 import pytest
 
-from transferscope.config import StudyConfig, dump_toml, load_config, parse_override
+from transferscope.config import StudyConfig, dump_toml, load_config, parse_override, toml_value
 from transferscope.errors import UserError
 
 
@@ -78,3 +78,10 @@ def test_config_is_frozen():
     c = StudyConfig()
     with pytest.raises(Exception):
         c.train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", [1, 0.05, 1e-5, True, "cosine", "3", [8, 8], [0.05, 3],
+                                   {"widths": [8, 4], "norm": "batch"}])
+def test_toml_value_is_read_back_by_set(value):
+    """What a refused resume tells the user to --set must mean the recorded value."""
+    assert parse_override(f"key={toml_value(value)}") == ("key", value)

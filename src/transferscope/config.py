@@ -8,6 +8,7 @@ key; ``--set key=value`` overrides any field by its dotted path.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -169,13 +170,16 @@ class TrainConfig(_Section):
 
 
 class ExecutionConfig(_Section):
-    """Where and how runs execute. Not part of a study's identity: a study may be resumed with
-    other execution settings, and gives the same numbers on the CPU with any number of workers."""
+    """Where and how runs execute. A study gives the same numbers on the CPU with any number of
+    workers and either executor, so it may be resumed with other ones. ``threads`` is the
+    exception and part of a study's identity: torch splits its reductions by thread count, so 1
+    and 2 threads give different accuracies and weights, and a resume must keep the recorded
+    value."""
 
     executor: Literal["local", "ray"] = "local"
     #: worker processes for the local executor ("auto": one per CPU core, at most 8)
     workers: int | Literal["auto"] = "auto"
-    #: torch threads in each worker
+    #: torch threads in each worker (changes the numbers: a resume must use the recorded value)
     threads: int = Field(1, ge=1)
     #: "auto" (CUDA where available), "cpu", "cuda", "cuda:1", ...
     device: str = "auto"
@@ -277,6 +281,19 @@ def parse_override(item: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw.strip()
     return key, value
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as ``--set key=value`` reads it back (see :func:`parse_override`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}={toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def _tuples_to_lists(tree: Any) -> Any:

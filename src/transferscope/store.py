@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,24 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from transferscope.config import StudyConfig, dump_toml, load_config
+from transferscope.config import StudyConfig, dump_toml, load_config, toml_value
 from transferscope.errors import UserError
 
 CONFIG_FILE = "config.toml"
 #: keys that only choose which runs the study has: a study directory may be resumed with others
 PLAN_KEYS = {"treatments.names", "treatments.cut_points", "treatments.targets", "treatments.replicates",
              "treatments.target_sizes"}
+#: the one execution setting that changes what a run computes: torch splits its reductions by
+#: thread count (the number of workers and the executor do not change a number on the CPU)
+EXECUTION_IDENTITY_KEYS = {"execution.threads"}
+
+
+def _is_identity(key: str) -> bool:
+    """Whether a configuration key is part of a study's identity: every key but the name, the
+    plan and where runs execute."""
+    if key == "name" or key in PLAN_KEYS:
+        return False
+    return not key.startswith("execution.") or key in EXECUTION_IDENTITY_KEYS
 
 
 def _umask() -> int:
@@ -61,11 +73,25 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _diffs(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in ``a``, value in ``b``) for every leaf where two config trees differ."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(a.keys() | b.keys())
-                for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
+        return [d for key in sorted(a.keys() | b.keys()) for d in _diffs(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def _refusal(root: Path, diffs: list[tuple[str, Any, Any]]) -> str:
+    """Why a study directory refuses a configuration, and the --set options that resume it."""
+    shown = "; ".join(f"{k}: recorded {_shown(old)}, now {_shown(new)}" for k, old, new in diffs)
+    back = [shlex.quote(f"{k}={toml_value(old)}") for k, old, _ in diffs if old is not None]
+    resume = (" ".join(f"--set {b}" for b in back) if len(back) == len(diffs)
+              else f"the configuration in {root / CONFIG_FILE}")
+    return (f"{root}: holds a study with a different configuration (differs in {shown}); to resume it use "
+            f"{resume}, or use another --output")
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else toml_value(value)
 
 
 class Store:
@@ -92,14 +118,14 @@ class Store:
         remove the temporary files a killed process left behind)."""
         if self.exists():
             recorded = self.load_config()
-            # the name and where runs execute do not change what a run computes, and the plan may
-            # grow or shrink (more replicates, cut points, treatments): each run's result depends
-            # only on its own key and the rest of the configuration
-            changed = _diff_keys(recorded.to_dict(), config.to_dict())
-            diff = [k for k in changed if k != "name" and not k.startswith("execution.") and k not in PLAN_KEYS]
-            if diff:
-                raise UserError(f"{self.root}: holds a study with a different configuration (differs in "
-                                f"{', '.join(diff)}); use another --output, or the same configuration to resume")
+            # the name and where runs execute do not change what a run computes (torch's thread
+            # count does), and the plan may grow or shrink (more replicates, cut points,
+            # treatments): each run's result depends only on its own key and the rest of the
+            # configuration
+            changed = _diffs(recorded.to_dict(), config.to_dict())
+            diffs = [d for d in changed if _is_identity(d[0])]
+            if diffs:
+                raise UserError(_refusal(self.root, diffs))
             if changed:
                 atomic_write(self.config_path, dump_toml(config).encode())
             for stale in [*self.root.glob("runs/.*.tmp"), *self.root.glob("weights/.*.tmp"), *self.root.glob(".*.tmp")]:
