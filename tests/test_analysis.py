@@ -389,13 +389,17 @@ def _frame(specific: dict[int, float] = SPECIFIC, replicates: int = 3) -> pd.Dat
 def test_reading_states_supported_claims_only() -> None:
     text = "\n".join(reading(_frame()))
     assert "**Specificity** (BnB - AnB, paired) is first significantly above zero at n = 3" in text
-    assert "below it (n = 1, 2) the layers are not distinguishable from general" in text
+    assert "below it (n = 1, 2) the data cannot tell the layers from general" in text
     mean_noise = np.mean(list(NOISE.values()))
     assert f"**Co-adaptation** (base - BnB) costs most at n = 3: {COADAPT[3] - mean_noise:+.3f} [" in text
-    assert "(6 pairs), significant." in text
-    assert "beats training from scratch significantly at n = 1, 2, 3, 4" in text
-    assert f"Averaged over the cut points: {GAIN + mean_noise:+.3f} [" in text
-    assert "does not beat its base at n = 1" in text
+    assert "(3 replicates); significant (Holm-corrected over 4 cut points)." in text
+    # every AnB+ cell excludes zero on its own (p about 0.02 each), none after Holm's correction for 4
+    # cut points; the reading says both, and the average over cut points carries the claim
+    assert ("the data cannot tell it from training from scratch at n = 1, 2, 3, 4 (per cell, the intervals at "
+            "n = 1, 2, 3, 4 exclude zero: not significant after the correction") in text
+    assert f"Averaged over the cut points (one value per replicate): {GAIN + mean_noise:+.3f} [" in text
+    assert "The data cannot tell whether the frozen selffer beats its base at n = 1" in text
+    assert "does not" not in text
     # one replicate per direction only: no interval anywhere, so no significance claim
     one = "\n".join(reading(_frame(replicates=1).query("target == 'B'")))
     assert "significant" not in one.replace("not significantly", "")
@@ -409,6 +413,47 @@ def test_reading_flags_head_start() -> None:
     assert "The frozen selffer beats its own base network at n = 1" in "\n".join(reading(frame))
 
 
+def test_reading_says_when_the_data_cannot_tell() -> None:
+    """One replicate, BnB above base in one direction and below in the other: no claim either way
+    (the held-out study of the issue was told "does not beat its base ... as in the paper")."""
+    frame = _frame(replicates=1)
+    bnb = (frame["role"] == "selffer") & (frame["n"] == 1)
+    frame.loc[bnb, "test_top1"] += np.where(frame.loc[bnb, "target"] == "A", 0.2, -0.17)
+    text = "\n".join(reading(frame))
+    assert "With one replicate the data cannot tell whether the frozen selffer beats its base at n = 1" in text
+    assert "does not" not in text and "as in the paper" not in text
+    # three replicates with a small, noisy positive BnB - base: not significant, and the reading names
+    # how many replicates would resolve a difference of that size at that spread
+    frame = _frame()
+    bnb = (frame["role"] == "selffer") & (frame["n"] == 1)
+    frame.loc[bnb, "test_top1"] += 0.004 + 0.01 * frame.loc[bnb, "replicate"]
+    text = "\n".join(reading(frame))
+    assert "The data cannot tell whether the frozen selffer beats its base at n = 1" in text
+    assert "would need about" in text and "replicates for its interval to exclude zero" in text
+
+
+def test_score_correlations_are_per_replicate() -> None:
+    """Replicate 0's score follows the measured curve, replicate 1's reverses it, replicate 2's
+    follows it: the mean rho over the 3 replicates is 1/3, its interval over replicates."""
+    from transferscope.analysis.estimate import score_correlations
+
+    rows, runs = [], []
+    for r, sign in enumerate((1, -1, 1)):
+        for t in "AB":
+            for n in (1, 2, 3, 4):
+                measured = 0.9 - 0.1 * n
+                rows.append({"replicate": r, "target": t, "n": n, "logme": sign * measured, "h_score": measured,
+                             "probe_top1": float(n == 2)})
+                runs.append({"replicate": r, "target": t, "n": n, "status": "done", "role": "transfer",
+                             "test_top1": measured + (0.01 if t == "A" else 0.0), "target_size": np.nan})
+    corr = score_correlations(pd.DataFrame(rows), pd.DataFrame(runs)).set_index("score")
+    logme_row = corr.loc["logme"]
+    assert logme_row["rho"] == pytest.approx(1 / 3) and logme_row["replicates"] == 3
+    assert (logme_row["rho_low"], logme_row["rho_high"]) == (-1.0, 1.0)  # truncated: t(2) * 1.155 / sqrt(3)
+    assert corr.loc["h_score", "rho"] == pytest.approx(1.0) and corr.loc["h_score", "rho_low"] == pytest.approx(1.0)
+    assert corr.loc["h_score", "rho_means"] == pytest.approx(1.0) and corr.loc["h_score", "cut_points"] == 4
+
+
 def test_compare_frames_welch_difference() -> None:
     random_split = _frame()
     dissimilar = _frame({1: 0.0, 2: 0.05, 3: 0.15, 4: 0.25})
@@ -419,7 +464,8 @@ def test_compare_frames_welch_difference() -> None:
     assert t.loc[4, "diff_high"] < 0 and t.loc[1, "diff_low"] < 0 < t.loc[1, "diff_high"]
     sentence = c.sentence()
     assert "falls significantly further below base in natural-vs-manmade at n = 2, 3, 4" in sentence
-    assert "not distinguishable between the two at n = 1" in sentence
+    assert "the data cannot tell the two apart at n = 1" in sentence
+    assert (t["a_count"] == 3).all() and (t["b_count"] == 3).all()  # replicates, not networks
     assert "| 4 |" in c.markdown()
 
 
@@ -461,7 +507,7 @@ def test_recommendation_by_target_size() -> None:
     assert "train from scratch" not in small.indistinguishable
     full = recs["full"]
     assert "train from scratch" in full.indistinguishable or full.best == "train from scratch"
-    assert full.verdict in ("not distinguishable from training from scratch",
+    assert full.verdict in ("the data cannot tell it from training from scratch",
                             "train from scratch (no transfer treatment has a higher mean)")
 
 
@@ -523,7 +569,8 @@ def test_estimate_scores_every_cut_point(tiny_study_dir, tiny_analysis) -> None:
     assert set(scores["source"]) == {"A", "B"} and (scores["source"] != scores["target"]).all()
     assert np.isfinite(scores[["logme", "h_score", "probe_top1"]].to_numpy()).all()
     corr = tiny_analysis.tables["estimate_correlations"]
-    assert set(corr["score"]) == {"logme", "h_score", "probe_top1"} and (corr["points"] == 8).all()
+    assert set(corr["score"]) == {"logme", "h_score", "probe_top1"} and (corr["cut_points"] == 2).all()
+    assert corr["rho"].isna().all()  # a rank correlation over 2 cut points per replicate is undefined
     again = estimate(tiny_study_dir, out=tiny_study_dir / "est.csv")  # the CLI's path: deterministic
     pd.testing.assert_frame_equal(again.scores.drop(columns="seconds"), scores.drop(columns="seconds"))
     text = format_estimate(again)
@@ -569,7 +616,7 @@ def test_compare_studies_with_itself(tiny_study_dir) -> None:
     c = compare_studies(tiny_study_dir, tiny_study_dir)
     assert c.label_a != c.label_b and "random 5/5" in c.label_a
     assert (c.table["diff"].abs() < 1e-12).all()
-    assert "not distinguishable between the two at n = 1, 2" in c.sentence()
+    assert "the data cannot tell the two apart at n = 1, 2" in c.sentence()
 
 
 def test_report_with_analysis(tiny_study_dir, tiny_analysis) -> None:

@@ -14,6 +14,7 @@ from scipy import stats as sps
 
 from transferscope.errors import UserError
 from transferscope.report import ReportMeta, mean_ci, relative, summarize, write_report
+from transferscope.report.stats import holm, replicates_needed, width_note
 from transferscope.report.tables import format_cell
 
 REPLICATES = 3
@@ -150,29 +151,66 @@ def test_mean_ci_small_and_non_finite() -> None:
 
 # --- summarize -----------------------------------------------------------------------------------
 
-def test_summarize_pools_directions_and_counts(runs: pd.DataFrame) -> None:
+def test_summarize_takes_one_value_per_replicate(runs: pd.DataFrame) -> None:
     summary = summarize(runs)
-    assert list(summary.columns) == ["treatment", "role", "n", "mean", "ci_low", "ci_high", "count"]
+    assert list(summary.columns) == ["treatment", "role", "n", "mean", "ci_low", "ci_high", "replicates",
+                                     "networks", "sd", "p"]
     base_mean = float(np.mean(_all_base()))
 
     bnb2 = _one(summary, "treatment", "BnB", 2)
-    assert bnb2["role"] == "selffer" and bnb2["count"] == 6  # 3 replicates x 2 directions
+    # 3 replicates of 2 directions each: 6 networks, but 3 independent values
+    assert bnb2["role"] == "selffer" and (bnb2["replicates"], bnb2["networks"]) == (3, 6)
     assert bnb2["mean"] == pytest.approx(base_mean - COADAPT[2])
+    per_replicate = [np.mean([_base_accuracy(r, t) - COADAPT[2] for t in "AB"]) for r in range(3)]
+    half = sps.t.ppf(0.975, 2) * np.std(per_replicate, ddof=1) / math.sqrt(3)
+    assert bnb2["ci_high"] - bnb2["mean"] == pytest.approx(half)  # t with 2 degrees of freedom, not 5
 
     for n in CUT_POINTS:  # the same base networks at every n
         base = _one(summary, "treatment", "base", n)
-        assert base["count"] == 6 and base["mean"] == pytest.approx(base_mean)
+        assert (base["replicates"], base["networks"]) == (3, 6) and base["mean"] == pytest.approx(base_mean)
         assert _one(summary, "treatment", "random", n)["mean"] == pytest.approx(
             base_mean - RANDOM_SLOPE * n)
 
-    # The diverged run (accuracy 0.1) and the failed run are excluded.
+    # The diverged run (accuracy 0.1) and the failed run are excluded: replicate 0 of AnB at n = 3
+    # keeps its one remaining direction, which stands for the whole replicate.
     anb3 = _one(summary, "treatment", "AnB", 3)
-    assert anb3["count"] == 5
-    kept = [_base_accuracy(r, t) - TRANSFER_DROP for r in range(3) for t in "AB"
-            if (r, t) != (0, "B")]
+    assert (anb3["replicates"], anb3["networks"]) == (3, 5)
+    kept = [_base_accuracy(0, "A") - TRANSFER_DROP] + [
+        np.mean([_base_accuracy(r, t) - TRANSFER_DROP for t in "AB"]) for r in (1, 2)]
     assert anb3["mean"] == pytest.approx(np.mean(kept))
-    assert _one(summary, "treatment", "AnB+", 4)["count"] == 5
+    assert _one(summary, "treatment", "AnB+", 4)["networks"] == 5
     assert len(summary) == 6 * len(CUT_POINTS)
+
+
+def test_intervals_stay_within_their_range() -> None:
+    """Two replicates near the ceiling: the t interval (+-12.7 standard errors) would leave [0, 1]."""
+    rows = [_run(f"b{r}{t}", r, f"base{t}", "base", t, None, 0, acc)
+            for r, accs in enumerate([(0.985, 0.99), (0.997, 1.0)]) for t, acc in zip("AB", accs)]
+    rows += [_run(f"x{r}{t}", r, "AnB", "transfer", t, "A", 1, acc)
+             for r, accs in enumerate([(0.08, 0.1), (0.997, 1.0)]) for t, acc in zip("AB", accs)]
+    frame = pd.DataFrame(rows)
+    base = _one(summarize(frame), "treatment", "base", 1)
+    assert base["mean"] - sps.t.ppf(0.975, 1) * base["sd"] / math.sqrt(2) > 0.9  # untruncated lower bound
+    assert base["ci_high"] == 1.0 and 0.9 < base["ci_low"] < base["mean"]
+    anb = _one(relative(frame), "quantity", "AnB", 1)
+    assert (anb["ci_low"], anb["ci_high"]) == (-1.0, 1.0) and anb["mean"] == pytest.approx(-0.44875)
+    assert "+-12.7 standard errors" in width_note([2, 3])
+    assert width_note([5, 10]) == ""
+
+
+def test_holm_adjustment() -> None:
+    """Holm (1979): sorted p * (m, m - 1, ...), made monotone, capped at 1; NaN not in the family."""
+    adjusted = holm([0.01, 0.04, 0.03, math.nan, 0.5])
+    assert adjusted[:3] == pytest.approx([0.04, 0.09, 0.09])  # 0.01*4, max(0.03*3, 0.04*2)
+    assert adjusted[4] == pytest.approx(0.5) and math.isnan(adjusted[3])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6])
+
+
+def test_replicates_needed() -> None:
+    # t(0.975, R-1) * 0.05 / sqrt(R) < 0.05 first holds at R = 7 (2.447 / 2.646 = 0.925)
+    assert replicates_needed(0.05, 0.05) == 7
+    assert replicates_needed(-0.05, 0.05) == 7
+    assert replicates_needed(0.0, 0.05) is None and replicates_needed(1e-6, 1.0) is None
 
 
 # --- relative and decomposition ------------------------------------------------------------------
@@ -180,13 +218,13 @@ def test_summarize_pools_directions_and_counts(runs: pd.DataFrame) -> None:
 def test_relative_is_paired_by_replicate_and_target(runs: pd.DataFrame) -> None:
     rel = relative(runs)
     summary = summarize(runs)
-    assert list(rel.columns) == ["quantity", "n", "mean", "ci_low", "ci_high", "count"]
+    assert list(rel.columns) == ["quantity", "n", "mean", "ci_low", "ci_high", "replicates", "networks", "sd", "p"]
     for n in CUT_POINTS:
         anb = _one(rel, "quantity", "AnB", n)
         assert anb["mean"] == pytest.approx(-TRANSFER_DROP, abs=1e-12)
         assert anb["ci_low"] == pytest.approx(-TRANSFER_DROP, abs=1e-9)
         assert anb["ci_high"] == pytest.approx(-TRANSFER_DROP, abs=1e-9)
-        assert anb["count"] == (5 if n == 3 else 6)
+        assert (anb["replicates"], anb["networks"]) == (3, 5 if n == 3 else 6)
         # Unpaired, the same runs spread widely.
         unpaired = _one(summary, "treatment", "AnB", n)
         assert unpaired["ci_high"] - unpaired["ci_low"] > 0.1
@@ -209,7 +247,7 @@ def test_relative_pairing_uses_matching_base() -> None:
     ]
     rel = relative(pd.DataFrame(rows))
     anb = _one(rel, "quantity", "AnB", 1)
-    assert anb["count"] == 2
+    assert anb["replicates"] == 2
     assert anb["mean"] == pytest.approx(-0.075)  # (-0.05 + -0.10) / 2
     half = sps.t.ppf(0.975, 1) * np.std([-0.05, -0.10], ddof=1) / math.sqrt(2)
     assert anb["ci_high"] - anb["mean"] == pytest.approx(half)
@@ -221,12 +259,14 @@ def test_decomposition_values(runs: pd.DataFrame) -> None:
         co = _one(rel, "quantity", "co-adaptation", n)
         spec = _one(rel, "quantity", "specificity", n)
         gain = _one(rel, "quantity", "fine-tuning gain", n)
-        assert co["mean"] == pytest.approx(COADAPT[n], abs=1e-12) and co["count"] == 6
+        assert co["mean"] == pytest.approx(COADAPT[n], abs=1e-12)
+        assert (co["replicates"], co["networks"]) == (3, 6)
         assert spec["mean"] == pytest.approx(TRANSFER_DROP - COADAPT[n], abs=1e-12)
-        assert spec["count"] == (5 if n == 3 else 6)  # the diverged AnB leaves 5 pairs
+        assert spec["networks"] == (5 if n == 3 else 6)  # the diverged AnB leaves 5 pairs in 3 replicates
+        assert spec["replicates"] == 3
         assert spec["ci_high"] - spec["ci_low"] == pytest.approx(0.0, abs=1e-9)
         assert gain["mean"] == pytest.approx(FT_GAIN, abs=1e-12)
-        assert gain["count"] == (5 if n == 4 else 6)
+        assert gain["networks"] == (5 if n == 4 else 6)
 
 
 # --- write_report --------------------------------------------------------------------------------
@@ -245,8 +285,8 @@ def test_report_files_are_written(report_dir: Path) -> None:
 def test_layer_table_has_every_treatment_and_n(report_dir: Path, runs: pd.DataFrame) -> None:
     table = pd.read_csv(report_dir / "layers.csv")
     assert list(table.columns) == ["section", "quantity", "n", "mean", "ci_low", "ci_high",
-                                   "count"]
-    for column in ("n", "mean", "ci_low", "ci_high", "count"):
+                                   "replicates", "networks", "p"]
+    for column in ("n", "mean", "ci_low", "ci_high", "replicates", "networks", "p"):
         assert pd.api.types.is_numeric_dtype(table[column]), column
     accuracy = table.loc[table["section"] == "accuracy"]
     decomposition = table.loc[table["section"] == "decomposition"]
@@ -259,16 +299,18 @@ def test_layer_table_has_every_treatment_and_n(report_dir: Path, runs: pd.DataFr
 
     markdown = (report_dir / "layers.md").read_text()
     bnb2 = _one(summarize(runs), "treatment", "BnB", 2)
-    cell = format_cell(bnb2["mean"], bnb2["ci_low"], bnb2["ci_high"], int(bnb2["count"]))
-    assert cell.endswith("] (6)") and cell in markdown
-    assert format_cell(-0.0004, -0.001, 0.0002, 3) == "0.000 [-0.001, 0.000] (3)"
-    assert format_cell(0.5, math.nan, math.nan, 1) == "0.500 (1)"
+    cell = format_cell(bnb2["mean"], bnb2["ci_low"], bnb2["ci_high"], int(bnb2["replicates"]),
+                       int(bnb2["networks"]))
+    assert cell.endswith("] (3 rep, 6 net)") and cell in markdown
+    assert format_cell(-0.0004, -0.001, 0.0002, 3, 6) == "0.000 [-0.001, 0.000] (3 rep, 6 net)"
+    assert format_cell(0.5, math.nan, math.nan, 1, 2) == "0.500 (1 rep, 2 net)"
     assert "| n=1 | n=2 | n=3 | n=4 |" in markdown
     for row in ("| BnB |", "| AnB+ |", "| random |", "| AnB - base |",
                 "| co-adaptation (base - BnB) |", "| specificity (BnB - AnB) |",
                 "| fine-tuning gain (AnB+ - base) |"):
         assert row in markdown, row
-    assert "-0.050 [-0.050, -0.050] (6)" in markdown
+    assert "-0.050 [-0.050, -0.050] (3 rep, 6 net)" in markdown
+    assert "Student-t interval over replicates" in markdown
 
 
 def test_report_markdown_contents(report_dir: Path) -> None:
@@ -285,7 +327,7 @@ def test_report_markdown_contents(report_dir: Path) -> None:
     assert f"| {FAILED_KEY} | BnA+ | failed |" in text
     # ...and the secondary validation table holds means of val_best_k_mean (test + 0.02).
     base_val = np.mean(_all_base()) + 0.02
-    assert f"| base | {base_val:.3f} (6) |" in text
+    assert f"| base | {base_val:.3f} (3, 6) |" in text
     for name in ("co-adaptation", "specificity", "fine-tuning gain"):
         assert f"**{name}" in text
 
@@ -318,8 +360,8 @@ def test_base_only_study(runs: pd.DataFrame, tmp_path: Path) -> None:
     assert "1 run (1 done)" in path.read_text()
     assert (tmp_path / "fig3.png").read_bytes()[:8] == PNG_MAGIC
     table = pd.read_csv(tmp_path / "layers.csv")
-    assert table[["section", "quantity", "n", "count"]].values.tolist() == [
-        ["accuracy", "base", 0, 1]]
+    assert table[["section", "quantity", "n", "replicates", "networks"]].values.tolist() == [
+        ["accuracy", "base", 0, 1, 1]]
 
 
 def test_no_finished_runs_raise_user_error(runs: pd.DataFrame, tmp_path: Path,

@@ -14,7 +14,7 @@ pooling), see :func:`~transferscope.analysis.networks.reduce_features`. Three sc
 
 Only the base networks need to be trained, so this takes seconds to minutes. Where the study has
 run, :func:`score_correlations` gives the Spearman rank correlation of each score with the measured
-AnB test top-1 across cut points (both directions pooled).
+AnB test top-1 across cut points, per replicate and summarised over replicates.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from scipy import stats as sps
 from transferscope.analysis.networks import features_at, load_network, part_images
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
+from transferscope.report.stats import DIFFERENCE_BOUNDS, mean_ci
 from transferscope.store import Store
 from transferscope.treatments import base_key, other
 
@@ -112,18 +113,22 @@ def measured_transfer(frame: pd.DataFrame) -> pd.DataFrame:
 def score_correlations(scores: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
     """Spearman rank correlation of each score with the measured AnB top-1 across cut points.
 
-    ``pooled``: over every (replicate, target, n) point, both directions together; ``means``: over
-    the cut points, between the mean score and the mean measured accuracy at each n (the shape of
-    the curve). NaN where fewer than 3 points or a constant series."""
+    ``rho``: within each replicate, over its cut points (score and measured accuracy each averaged
+    over the replicate's two directions, which share its base networks), then the mean over
+    replicates with a 95% Student-t interval over replicates truncated to [-1, 1]; the replicate is
+    the independent unit. ``rho_means``: between the mean score and the mean measured accuracy at
+    each n (the shape of the curve), with an exact permutation p-value. NaN where fewer than 3 cut
+    points or a constant series."""
     joined = scores.merge(measured_transfer(frame), on=["replicate", "target", "n"], how="inner")
+    per_rep = joined.groupby(["replicate", "n"], as_index=False)[[*SCORES, "measured"]].mean()
     rows = []
     for col, label in SCORES.items():
-        pooled = _spearman(joined[col], joined["measured"])
-        means = joined.groupby("n")[[col, "measured"]].mean()
-        curve = _spearman(means[col], means["measured"])
-        rows.append((col, label, *pooled, len(joined), *curve, len(means)))
-    return pd.DataFrame(rows, columns=["score", "label", "rho_pooled", "p_pooled", "points", "rho_means", "p_means",
-                                       "cut_points"])
+        rhos = [_spearman(g[col], g["measured"])[0] for _, g in per_rep.groupby("replicate")]
+        means = per_rep.groupby("n")[[col, "measured"]].mean()
+        rows.append((col, label, *mean_ci(rhos, bounds=DIFFERENCE_BOUNDS), *_spearman(means[col], means["measured"]),
+                     len(means)))
+    return pd.DataFrame(rows, columns=["score", "label", "rho", "rho_low", "rho_high", "replicates", "rho_means",
+                                       "p_means", "cut_points"])
 
 
 #: up to this many points the p-value is exact (every permutation); beyond, scipy's t approximation

@@ -1,12 +1,20 @@
 """A reading of the results in words: each claim with its 95% CI, and none the intervals do not support.
 
-Differences are paired by replicate and target task (as in the per-layer table). A difference is
-called *significant* when its 95% Student-t interval excludes zero; otherwise it is *not
-distinguishable from zero*. With one pair no interval exists, and nothing is claimed.
+Differences are paired by replicate and target task and summarised over replicates, the
+independent unit (see :mod:`transferscope.report.stats`). A claim about one cell is *significant*
+when its 95% interval excludes zero. A claim that scans the cut points ("significantly above zero
+at n = 3, 4, 5", "first significant at n = 3") is Holm-corrected over the cut points of that
+quantity, which keeps the chance of any false claim in it at most 5% where nothing differs; cells
+whose own interval excludes zero without surviving the correction are named as such, so the
+reading never contradicts the per-layer table. Where an interval includes zero the data cannot
+tell, and the reading says so, with the number of replicates that would tell a difference of the
+observed size at the observed spread. With one replicate no interval exists, and nothing is
+claimed.
 
 :func:`compare_studies` compares two study directories (e.g. a dissimilar split against a random
 one): AnB - base per cut point in each, and the difference between the two studies with a Welch
-interval (the studies' networks are independent, so nothing is paired across them).
+interval over the replicates of each (the studies' networks are independent, so nothing is paired
+across them).
 """
 
 from __future__ import annotations
@@ -19,9 +27,21 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from transferscope.report.stats import done_runs, mean_ci, paired_to_base, relative
+from transferscope.report.stats import (
+    CONFIDENCE,
+    DIFFERENCE_BOUNDS,
+    done_runs,
+    holm,
+    mean_ci,
+    paired_to_base,
+    per_replicate,
+    relative,
+    replicates_needed,
+    t_pvalue,
+)
 
-_PAIR = ["replicate", "target"]
+#: a claim is significant when its (Holm-adjusted, where it scans cut points) p-value is below this
+ALPHA = 1.0 - CONFIDENCE
 
 
 def signed(x: float) -> str:
@@ -29,35 +49,73 @@ def signed(x: float) -> str:
     return "0.000" if text in ("-0.000", "+0.000") else text
 
 
-def interval(mean: float, lo: float, hi: float, count: int) -> str:
-    """``+0.012 [-0.003, +0.027] (6 pairs)``; without brackets when there is no interval."""
-    noun = "pair" if count == 1 else "pairs"
-    if count == 0 or not math.isfinite(mean):
+def interval(mean: float, lo: float, hi: float, replicates: int) -> str:
+    """``+0.012 [-0.003, +0.027] (3 replicates)``; without brackets when there is no interval."""
+    noun = "replicate" if replicates == 1 else "replicates"
+    if replicates == 0 or not math.isfinite(mean):
         return "\u2014"
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{signed(mean)} ({count} {noun}, no interval)"
-    return f"{signed(mean)} [{signed(lo)}, {signed(hi)}] ({count} {noun})"
+        return f"{signed(mean)} ({replicates} {noun}, no interval)"
+    return f"{signed(mean)} [{signed(lo)}, {signed(hi)}] ({replicates} {noun})"
 
 
-def _sign(lo: float, hi: float) -> int:
-    """+1 significantly above zero, -1 below, 0 not distinguishable (or no interval)."""
-    if math.isfinite(lo) and lo > 0:
-        return 1
-    if math.isfinite(hi) and hi < 0:
-        return -1
-    return 0
+def _stats(row: pd.Series) -> str:
+    return interval(row["mean"], row["ci_low"], row["ci_high"], int(row["replicates"]))
 
 
 def _ns(ns: list[int]) -> str:
     return ", ".join(map(str, ns))
 
 
+def scan(rows: pd.DataFrame) -> pd.DataFrame:
+    """The cut points of one quantity (rows of :func:`~transferscope.report.stats.relative`), with
+    ``p_holm`` (Holm-adjusted over these cut points), ``sign`` (+1 / -1 significantly above / below
+    zero after the correction, 0 where the data cannot tell or there is no interval) and
+    ``cell_sign`` (the same from the cell's own interval)."""
+    out = rows.sort_values("n").copy()
+    out["p_holm"] = holm(out["p"].to_numpy(dtype=float))
+    direction = np.sign(out["mean"].to_numpy(dtype=float))
+    out["sign"] = np.where(out["p_holm"].to_numpy() < ALPHA, direction, 0).astype(int)
+    out["cell_sign"] = np.where(out["p"].to_numpy(dtype=float) < ALPHA, direction, 0).astype(int)
+    return out
+
+
 def _rows(rel: pd.DataFrame, quantity: str) -> pd.DataFrame:
-    return rel.loc[rel["quantity"] == quantity].sort_values("n")
+    return scan(rel.loc[rel["quantity"] == quantity])
 
 
 def _has_intervals(rows: pd.DataFrame) -> bool:
     return bool(np.isfinite(rows["ci_low"].to_numpy(dtype=float)).any())
+
+
+def _family(rows: pd.DataFrame) -> str:
+    k = int(np.isfinite(rows["p"].to_numpy(dtype=float)).sum())
+    return {0: "no intervals", 1: "one cut point with an interval"}.get(k, f"Holm-corrected over {k} cut points")
+
+
+def _uncorrected(rows: pd.DataFrame) -> str:
+    """Cells whose own interval excludes zero but whose claim does not survive the correction."""
+    only = rows.loc[(rows["cell_sign"] != 0) & (rows["sign"] == 0), "n"]
+    if only.empty:
+        return ""
+    ns = [int(n) for n in only]
+    verb = "excludes" if len(ns) == 1 else "exclude"
+    return (f" (per cell, the interval{'s' if len(ns) > 1 else ''} at n = {_ns(ns)} {verb} zero: not significant "
+            "after the correction for the cut points scanned)")
+
+
+def cannot_tell(row: pd.Series) -> str:
+    """``the data cannot tell it from zero; about 7 replicates would tell a difference this size``."""
+    replicates = int(row["replicates"])
+    if replicates < 2:
+        return "one replicate gives no interval, so the data cannot tell; run at least 3 (`treatments.replicates`)"
+    needed = replicates_needed(float(row["mean"]), float(row["sd"]))
+    if needed is None:
+        return "the data cannot tell it from zero"
+    if needed <= replicates:  # significant per cell, but not after a correction
+        return "the data cannot tell it from zero after the correction"
+    return (f"the data cannot tell it from zero; at this spread between replicates, a difference of this size "
+            f"would need about {needed} replicates for its interval to exclude zero")
 
 
 def _specificity(rel: pd.DataFrame) -> str | None:
@@ -65,22 +123,26 @@ def _specificity(rel: pd.DataFrame) -> str | None:
     if rows.empty:
         return None
     if not _has_intervals(rows):
-        return "Specificity (BnB - AnB) cannot be assessed: one pair per cut point gives no interval."
-    sig = rows.loc[rows["ci_low"] > 0]
+        return ("Specificity (BnB - AnB) cannot be assessed: one replicate per cut point gives no interval, so "
+                "the data cannot tell.")
+    sig = rows.loc[rows["sign"] > 0]
+    negative = [int(n) for n in rows.loc[rows["sign"] < 0, "n"]]
+    tail = f"; it is significantly below zero at n = {_ns(negative)}" if negative else ""
     if sig.empty:
         top = rows.loc[rows["mean"].idxmax()]
-        return ("**Specificity** (BnB - AnB, paired) is not significantly above zero at any cut point; its largest "
-                f"mean is at n = {int(top['n'])}: {interval(*top[['mean', 'ci_low', 'ci_high']], int(top['count']))}.")
+        return (f"**Specificity** (BnB - AnB, paired): the data cannot tell it from zero at any cut point "
+                f"({_family(rows)}){_uncorrected(rows)}{tail}. Its largest mean is at n = {int(top['n'])}: "
+                f"{_stats(top)}; {cannot_tell(top)}.")
     first = sig.iloc[0]
     later = [int(n) for n in sig["n"].iloc[1:]]
-    text = (f"**Specificity** (BnB - AnB, paired) is first significantly above zero at n = {int(first['n'])}: "
-            f"{interval(*first[['mean', 'ci_low', 'ci_high']], int(first['count']))}")
+    text = (f"**Specificity** (BnB - AnB, paired) is first significantly above zero at n = {int(first['n'])} "
+            f"({_family(rows)}): {_stats(first)}")
     below = [int(n) for n in rows.loc[rows["n"] < first["n"], "n"]]
     if below:
-        text += f"; below it (n = {_ns(below)}) the layers are not distinguishable from general"
+        text += f"; below it (n = {_ns(below)}) the data cannot tell the layers from general"
     if later:
         text += f"; it is also significant at n = {_ns(later)}"
-    return text + "."
+    return text + _uncorrected(rows) + tail + "."
 
 
 def _coadaptation(rel: pd.DataFrame) -> str | None:
@@ -88,19 +150,22 @@ def _coadaptation(rel: pd.DataFrame) -> str | None:
     if rows.empty:
         return None
     top = rows.loc[rows["mean"].idxmax()]
-    stats = interval(*top[["mean", "ci_low", "ci_high"]], int(top["count"]))
-    sign = _sign(top["ci_low"], top["ci_high"])
+    n, stats = int(top["n"]), _stats(top)
+    if not _has_intervals(rows):
+        return f"**Co-adaptation** (base - BnB): its largest mean is at n = {n}: {stats}; {cannot_tell(top)}."
+    sign = int(top["sign"])
     if top["mean"] <= 0:
-        return (f"**Co-adaptation** (base - BnB) costs nothing measurable: its mean is at most {stats} "
-                f"(n = {int(top['n'])}).")
-    verdict = {1: "significant", 0: "not distinguishable from zero", -1: "significantly negative"}[sign]
-    return f"**Co-adaptation** (base - BnB) costs most at n = {int(top['n'])}: {stats}, {verdict}."
+        verdict = "significantly below zero, so BnB beats its base there" if sign < 0 else cannot_tell(top)
+        return (f"**Co-adaptation** (base - BnB): no cut point has a positive mean; the largest is at n = {n}: "
+                f"{stats}; {verdict} ({_family(rows)}).")
+    verdict = "significant" if sign > 0 else cannot_tell(top)
+    return f"**Co-adaptation** (base - BnB) costs most at n = {n}: {stats}; {verdict} ({_family(rows)})."
 
 
 def _by_sign(rows: pd.DataFrame) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {1: [], 0: [], -1: []}
-    for _, row in rows.iterrows():
-        out[_sign(row["ci_low"], row["ci_high"])].append(int(row["n"]))
+    for n, sign in zip(rows["n"], rows["sign"]):
+        out[int(sign)].append(int(n))
     return out
 
 
@@ -115,14 +180,16 @@ def _finetune(df: pd.DataFrame, rel: pd.DataFrame) -> str | None:
     if groups[-1]:
         parts.append(f"is significantly worse than training from scratch at n = {_ns(groups[-1])}")
     if groups[0]:
-        parts.append(f"is not distinguishable from training from scratch at n = {_ns(groups[0])}")
+        parts.append(f"the data cannot tell it from training from scratch at n = {_ns(groups[0])}")
     paired = paired_to_base(df)
-    per_pair = paired.loc[paired["role"] == "transfer+"].groupby(_PAIR)["diff"].mean()
-    avg = mean_ci(per_pair)
-    return ("**Transfer plus fine-tuning** (AnB+ - base, paired) " + "; ".join(parts)
-            + f". Averaged over the cut points: {interval(*avg[:3], avg[3])}"
-            + {1: ", significantly above zero.", -1: ", significantly below zero.",
-               0: ", not distinguishable from zero."}[_sign(avg[1], avg[2])])
+    values = per_replicate(paired.loc[paired["role"] == "transfer+"], "diff", [])["value"].to_numpy()
+    avg = mean_ci(values, bounds=DIFFERENCE_BOUNDS)
+    p = float(t_pvalue(avg[0], values.std(ddof=1) if len(values) > 1 else math.nan, len(values)))
+    verdict = (", significantly above zero." if p < ALPHA and avg[0] > 0
+               else ", significantly below zero." if p < ALPHA else ", the data cannot tell it from zero.")
+    return (f"**Transfer plus fine-tuning** (AnB+ - base, paired; {_family(rows)}): " + "; ".join(parts)
+            + _uncorrected(rows) + f". Averaged over the cut points (one value per replicate): "
+            f"{interval(*avg[:3], avg[3])}" + verdict)
 
 
 def _frozen(rel: pd.DataFrame, label: str, name: str) -> str | None:
@@ -132,29 +199,37 @@ def _frozen(rel: pd.DataFrame, label: str, name: str) -> str | None:
     groups = _by_sign(rows)
     parts = []
     if groups[0]:
-        parts.append(f"not distinguishable from base at n = {_ns(groups[0])}")
+        parts.append(f"the data cannot tell it from base at n = {_ns(groups[0])}")
     if groups[-1]:
         worst = rows.loc[rows["mean"].idxmin()]
         parts.append(f"significantly worse at n = {_ns(groups[-1])} (most at n = {int(worst['n'])}: "
-                     f"{interval(*worst[['mean', 'ci_low', 'ci_high']], int(worst['count']))})")
+                     f"{_stats(worst)})")
     if groups[1]:
         parts.append(f"significantly better at n = {_ns(groups[1])}")
-    return f"**{name}** ({label} - base, paired): " + "; ".join(parts) + "."
+    return f"**{name}** ({label} - base, paired; {_family(rows)}): " + "; ".join(parts) + _uncorrected(rows) + "."
 
 
 def head_start(rel: pd.DataFrame) -> str | None:
-    """BnB - base at the lowest cut point: significantly above zero is the head-start symptom."""
+    """BnB - base at the lowest cut point (one cell, no correction): significantly above zero is
+    the head-start symptom."""
     rows = _rows(rel, "BnB")
     if rows.empty:
         return None
     low = rows.iloc[0]
-    stats = interval(*low[["mean", "ci_low", "ci_high"]], int(low["count"]))
-    if _sign(low["ci_low"], low["ci_high"]) > 0:
-        return (f"**Head start?** The frozen selffer beats its own base network at n = {int(low['n'])} "
+    n, stats = int(low["n"]), _stats(low)
+    if low["cell_sign"] > 0:
+        return (f"**Head start?** The frozen selffer beats its own base network at n = {n} "
                 f"(BnB - base {stats}): the symptom of base networks trained too briefly, where copied layers act as "
                 "a head start rather than as features (see *Was the study trained long enough?*).")
-    return (f"**Head start?** The frozen selffer does not beat its base at n = {int(low['n'])} "
-            f"(BnB - base {stats}), as in the paper.")
+    if low["cell_sign"] < 0:
+        return (f"**Head start?** None: the frozen selffer is significantly below its base at n = {n} "
+                f"(BnB - base {stats}).")
+    if not math.isfinite(low["ci_high"]):
+        return (f"**Head start?** With one replicate the data cannot tell whether the frozen selffer beats its base "
+                f"at n = {n} (BnB - base {stats}); run at least 3 replicates (`treatments.replicates`).")
+    return (f"**Head start?** The data cannot tell whether the frozen selffer beats its base at n = {n} "
+            f"(BnB - base {stats}): no head start is detected, but one of up to {signed(low['ci_high'])} is within "
+            f"the interval" + ("" if low["mean"] <= 0 else f"; {cannot_tell(low)}") + ".")
 
 
 def reading(df: pd.DataFrame, convergence=None, comparison: Comparison | None = None) -> list[str]:
@@ -181,60 +256,66 @@ def reading(df: pd.DataFrame, convergence=None, comparison: Comparison | None = 
                        "(see *Was the study trained long enough?* for the criterion).")
     if comparison is not None:
         out.append(comparison.sentence())
-    if not any(_has_intervals(_rows(rel, q)) for q in set(rel["quantity"])):
-        out.append("With one network per cell there are no confidence intervals; run more replicates "
-                   "(treatments.replicates) before drawing conclusions.")
+    if not _has_intervals(rel):
+        out.append("With one replicate there are no confidence intervals, so the data cannot tell any of these "
+                   "differences from zero; run more replicates (`treatments.replicates`, 5 or more) before drawing "
+                   "conclusions.")
     return out
 
 
 # ------------------------------------------------------------------------------- two studies
 
 
-def welch_ci(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean of ``b`` minus mean of ``a`` with a Welch (unequal variances) t interval."""
+def welch_ci(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
+    """Mean of ``b`` minus mean of ``a`` with a Welch (unequal variances) t interval truncated to
+    [-2, 2] (the range of a difference of two accuracy differences) and its two-sided p-value.
+    Each array holds one value per replicate of its study."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     if len(a) == 0 or len(b) == 0:
-        return float("nan"), float("nan"), float("nan")
+        return (float("nan"),) * 4
     diff = float(b.mean() - a.mean())
     if len(a) < 2 or len(b) < 2:
-        return diff, float("nan"), float("nan")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(sps.t.ppf((1 + confidence) / 2, dof)) * se
-    return diff, diff - half, diff + half
+        return diff, float("nan"), float("nan"), float("nan")
+    if a.var() == 0 and b.var() == 0:
+        return diff, diff, diff, 1.0 if diff == 0 else 0.0
+    test = sps.ttest_ind(b, a, equal_var=False)
+    ci = test.confidence_interval(confidence)
+    return diff, max(float(ci.low), -2.0), min(float(ci.high), 2.0), float(test.pvalue)
 
 
 @dataclass
 class Comparison:
-    """AnB - base per n in two studies, and study b minus study a (Welch 95% CI)."""
+    """AnB - base per n in two studies (over each study's replicates), and study b minus study a
+    (Welch 95% CI; claims across cut points Holm-corrected)."""
 
     label_a: str
     label_b: str
-    table: pd.DataFrame  # n, a_mean, a_low, a_high, a_count, b_mean, ..., diff, diff_low, diff_high
+    table: pd.DataFrame  # n, a_mean, a_low, a_high, a_count, b_mean, ..., diff, diff_low, diff_high, p
 
     def sentence(self) -> str:
         t = self.table.dropna(subset=["diff"])
         if t.empty:
             return f"**Two studies.** {self.label_a} and {self.label_b} share no cut point with AnB runs."
-        groups = {1: [], 0: [], -1: []}
+        t = t.assign(p_holm=holm(t["p"].to_numpy(dtype=float)))
+        groups: dict[int, list[int]] = {1: [], 0: [], -1: []}
         for _, row in t.iterrows():
-            groups[_sign(row["diff_low"], row["diff_high"])].append(int(row["n"]))
+            sign = int(np.sign(row["diff"])) if row["p_holm"] < ALPHA else 0
+            groups[sign].append(int(row["n"]))
         parts = []
         if groups[-1]:
             parts.append(f"falls significantly further below base in {self.label_b} at n = {_ns(groups[-1])}")
         if groups[1]:
             parts.append(f"stays significantly closer to base in {self.label_b} at n = {_ns(groups[1])}")
         if groups[0]:
-            parts.append(f"is not distinguishable between the two at n = {_ns(groups[0])}")
+            parts.append(f"the data cannot tell the two apart at n = {_ns(groups[0])}")
+        k = int(np.isfinite(t["p"].to_numpy(dtype=float)).sum())
         last = t.iloc[-1]
-        return (f"**{self.label_b} against {self.label_a}.** Frozen transfer (AnB - base) " + "; ".join(parts)
-                + f". At n = {int(last['n'])}: {signed(last['a_mean'])} in {self.label_a} ({int(last['a_count'])} "
-                f"networks), {signed(last['b_mean'])} in {self.label_b} ({int(last['b_count'])}), difference "
-                f"{_diff_cell(last)} (Welch 95% CI).")
+        return (f"**{self.label_b} against {self.label_a}.** Frozen transfer (AnB - base"
+                + (f"; Holm-corrected over {k} cut points" if k > 1 else "") + ") " + "; ".join(parts)
+                + f". At n = {int(last['n'])}: {signed(last['a_mean'])} in {self.label_a} ({_count(last['a_count'])}),"
+                f" {signed(last['b_mean'])} in {self.label_b} ({_count(last['b_count'])}), difference "
+                f"{_diff_cell(last)} (Welch 95% CI over replicates).")
 
     def markdown(self) -> str:
         lines = [f"| n | AnB - base, {self.label_a} | AnB - base, {self.label_b} | difference (b - a), Welch 95% CI |",
@@ -244,6 +325,10 @@ class Comparison:
                          f"{interval(r['b_mean'], r['b_low'], r['b_high'], int(r['b_count']))} | "
                          f"{_diff_cell(r)} |")
         return "\n".join(lines) + "\n"
+
+
+def _count(replicates: float) -> str:
+    return f"{int(replicates)} replicate" + ("" if int(replicates) == 1 else "s")
 
 
 def _diff_cell(r: pd.Series) -> str:
@@ -256,24 +341,25 @@ def _diff_cell(r: pd.Series) -> str:
 
 def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame, label_a: str = "study a",
                    label_b: str = "study b") -> Comparison:
-    """AnB - base (paired within each study) per n in two run tables, and b - a per n."""
+    """AnB - base (paired within each study, one value per replicate) per n in two run tables, and
+    b - a per n."""
 
     def per_n(frame: pd.DataFrame) -> dict[int, np.ndarray]:
         if "target_size" in frame:
             frame = frame.loc[frame["target_size"].isna()]
         paired = paired_to_base(frame)
-        runs = paired.loc[paired["role"] == "transfer"]
-        return {int(n): g["diff"].to_numpy(dtype=float) for n, g in runs.groupby("n")}
+        per_rep = per_replicate(paired.loc[paired["role"] == "transfer"], "diff", ["n"])
+        return {int(n): g["value"].to_numpy(dtype=float) for n, g in per_rep.groupby("n")}
 
     a, b = per_n(frame_a), per_n(frame_b)
     rows = []
     for n in sorted(set(a) | set(b)):
-        sa = mean_ci(a.get(n, np.array([])))
-        sb = mean_ci(b.get(n, np.array([])))
-        diff = welch_ci(a[n], b[n]) if n in a and n in b else (float("nan"),) * 3
+        sa = mean_ci(a.get(n, np.array([])), bounds=DIFFERENCE_BOUNDS)
+        sb = mean_ci(b.get(n, np.array([])), bounds=DIFFERENCE_BOUNDS)
+        diff = welch_ci(a[n], b[n]) if n in a and n in b else (float("nan"),) * 4
         rows.append((n, *sa, *sb, *diff))
     cols = ["n", "a_mean", "a_low", "a_high", "a_count", "b_mean", "b_low", "b_high", "b_count", "diff", "diff_low",
-            "diff_high"]
+            "diff_high", "p"]
     return Comparison(label_a, label_b, pd.DataFrame(rows, columns=cols))
 
 

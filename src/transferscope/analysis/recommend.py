@@ -3,11 +3,14 @@
 At each target size (the full study counts as the full size) three kinds of network are compared
 on the same test images: a base network trained from scratch on that much target data, AnB
 (layers 1..n copied from the other task's base network and frozen) and AnB+ (copied, then
-everything fine-tuned), at every cut point n. Both directions are pooled (AnB with BnA).
+everything fine-tuned), at every cut point n. Both directions (AnB with BnA) are averaged within
+each replicate.
 
 The recommendation for a size is the candidate with the best mean test top-1, with its 95% CI
-and its margin over training from scratch, paired by replicate and target. Every alternative
-whose paired difference to the best has a 95% CI that includes 0 is listed as not
+and its margin over training from scratch, paired by replicate and target. Every statistic takes
+one value per replicate (the mean of its two directions, which share the replicate's base
+networks) and its interval is over replicates (:mod:`transferscope.report.stats`). Every
+alternative whose paired difference to the best has a 95% CI that includes 0 is listed as not
 distinguishable from it. The best is picked on the same test accuracies it reports, so its margin
 is optimistic when several candidates are close; the list of indistinguishable alternatives is
 what the data support.
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from transferscope.report.stats import mean_ci
+from transferscope.report.stats import ACCURACY_BOUNDS, DIFFERENCE_BOUNDS, mean_ci
 
 ROLES = ("base", "transfer", "transfer+")
 _PAIR = ["replicate", "target"]
@@ -59,20 +62,27 @@ def has_sizes(frame: pd.DataFrame) -> bool:
     return "target_size" in frame and bool(pd.to_numeric(frame["target_size"], errors="coerce").notna().any())
 
 
+def _per_replicate(values: pd.Series) -> pd.Series:
+    """(replicate, target)-indexed values -> one value per replicate (the mean of its directions)."""
+    return values.groupby(level="replicate").mean()
+
+
 def size_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per size and candidate: mean test top-1 [95% CI], and the paired difference to the base
-    network trained from scratch on the same data (same replicate and target)."""
+    """Per size and candidate: mean test top-1 [95% CI] over replicates, the number of networks,
+    and the difference to the base network trained from scratch on the same data, paired by
+    replicate and target, over replicates."""
     rows = []
     for label, at_size in runs.groupby("size_label", sort=False):
         base = at_size.loc[at_size["role"] == "base"].groupby(_PAIR)["test_top1"].mean().rename("_base")
         per_class = float(at_size["per_class"].mean())
         for (role, n), group in at_size.groupby(["role", "n"]):
             cell = group.groupby(_PAIR)["test_top1"].mean()
-            diff = (cell - base).dropna()
+            diff = _per_replicate((cell - base).dropna())
             rows.append((label, float(at_size["size"].iloc[0]), per_class, role, int(n), candidate_label(role, int(n)),
-                         *mean_ci(cell), *mean_ci(diff)))
-    cols = ["size_label", "size", "per_class", "role", "n", "candidate", "mean", "ci_low", "ci_high", "count",
-            "vs_scratch", "vs_low", "vs_high", "pairs"]
+                         *mean_ci(_per_replicate(cell), bounds=ACCURACY_BOUNDS), len(group),
+                         *mean_ci(diff, bounds=DIFFERENCE_BOUNDS)))
+    cols = ["size_label", "size", "per_class", "role", "n", "candidate", "mean", "ci_low", "ci_high", "replicates",
+            "networks", "vs_scratch", "vs_low", "vs_high", "vs_replicates"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["per_class", "role", "n"], ignore_index=True)
 
@@ -85,11 +95,12 @@ class Recommendation:
     mean: float
     ci_low: float
     ci_high: float
-    count: int
+    replicates: int
+    networks: int
     vs_scratch: float
     vs_low: float
     vs_high: float
-    pairs: int
+    vs_replicates: int  # replicates behind the margin over scratch
     verdict: str  # against training from scratch
     indistinguishable: tuple[str, ...]  # alternatives not distinguishable from the best
 
@@ -98,16 +109,16 @@ def _cells(at_size: pd.DataFrame, role: str, n: int) -> pd.Series:
     return at_size.loc[(at_size["role"] == role) & (at_size["n"] == n)].groupby(_PAIR)["test_top1"].mean()
 
 
-def _verdict(best_role: str, lo: float, hi: float, pairs: int) -> str:
+def _verdict(best_role: str, lo: float, hi: float, replicates: int) -> str:
     if best_role == "base":
         return "train from scratch (no transfer treatment has a higher mean)"
-    if pairs < 2 or not (math.isfinite(lo) and math.isfinite(hi)):
-        return "cannot be compared with training from scratch (fewer than 2 pairs)"
+    if replicates < 2 or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "cannot be compared with training from scratch (fewer than 2 replicates: no interval)"
     if lo > 0:
         return "better than training from scratch"
     if hi < 0:
         return "worse than training from scratch"
-    return "not distinguishable from training from scratch"
+    return "the data cannot tell it from training from scratch"
 
 
 def recommend(runs: pd.DataFrame) -> list[Recommendation]:
@@ -123,12 +134,14 @@ def recommend(runs: pd.DataFrame) -> list[Recommendation]:
         for _, alt in rows.iterrows():
             if alt["role"] == best["role"] and alt["n"] == best["n"]:
                 continue
-            _, lo, _, count = mean_ci((best_cells - _cells(at_size, alt["role"], int(alt["n"]))).dropna())
+            diff = _per_replicate((best_cells - _cells(at_size, alt["role"], int(alt["n"]))).dropna())
+            _, lo, _, count = mean_ci(diff)
             if count < 2 or not (lo > 0):
                 close.append(alt["candidate"])
         out.append(Recommendation(
             label, float(best["per_class"]), best["candidate"], float(best["mean"]), float(best["ci_low"]),
-            float(best["ci_high"]), int(best["count"]), float(best["vs_scratch"]), float(best["vs_low"]),
-            float(best["vs_high"]), int(best["pairs"]),
-            _verdict(best["role"], float(best["vs_low"]), float(best["vs_high"]), int(best["pairs"])), tuple(close)))
+            float(best["ci_high"]), int(best["replicates"]), int(best["networks"]), float(best["vs_scratch"]),
+            float(best["vs_low"]), float(best["vs_high"]), int(best["vs_replicates"]),
+            _verdict(best["role"], float(best["vs_low"]), float(best["vs_high"]), int(best["vs_replicates"])),
+            tuple(close)))
     return out

@@ -23,6 +23,7 @@ import torch
 
 from transferscope.analysis.cka import MinibatchCKA, gram_linear, minibatches
 from transferscope.analysis.networks import layer_outputs, load_network, part_images
+from transferscope.report.stats import over_replicates, per_replicate
 from transferscope.store import Store
 from transferscope.treatments import base_key
 
@@ -123,12 +124,10 @@ def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: in
 
 
 def base_curve(sim: Similarity) -> pd.DataFrame:
-    """CKA(baseA layer l, baseB layer l) per layer: mean, 95% CI and count over replicates and targets."""
-    from transferscope.report.stats import mean_ci
-
-    diag = sim.bases.loc[sim.bases["layer_a"] == sim.bases["layer_b"]]
-    rows = [(int(layer), *mean_ci(g["cka"])) for layer, g in diag.groupby("layer_a")]
-    return pd.DataFrame(rows, columns=["layer", "mean", "ci_low", "ci_high", "count"])
+    """CKA(baseA layer l, baseB layer l) per layer: mean and 95% CI over replicates (each the mean
+    of its two targets' images: both compare the same two networks), replicates and values."""
+    diag = sim.bases.loc[sim.bases["layer_a"] == sim.bases["layer_b"]].rename(columns={"layer_a": "layer"})
+    return _over_replicates(diag, ["layer"])
 
 
 def base_matrix(sim: Similarity) -> np.ndarray:
@@ -140,13 +139,18 @@ def base_matrix(sim: Similarity) -> np.ndarray:
 
 
 def finetune_table(sim: Similarity, reference: str = "source") -> pd.DataFrame:
-    """Mean, 95% CI and count of CKA(fine-tuned layer l, reference layer l) per role, n and layer."""
-    from transferscope.report.stats import mean_ci
-
+    """Mean and 95% CI over replicates of CKA(fine-tuned layer l, reference layer l) per role, n and
+    layer (both directions averaged within a replicate), with the counts."""
     ft = sim.finetuned.loc[sim.finetuned["reference"] == reference]
-    rows = [(role, int(n), int(layer), *mean_ci(g["cka"]))
-            for (role, n, layer), g in ft.groupby(["role", "n", "layer"])]
-    return pd.DataFrame(rows, columns=["role", "n", "layer", "mean", "ci_low", "ci_high", "count"])
+    return _over_replicates(ft, ["role", "n", "layer"])
+
+
+def _over_replicates(values: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    columns = [*by, "mean", "ci_low", "ci_high", "replicates", "networks"]
+    if values.empty:
+        return pd.DataFrame(columns=columns)
+    table = over_replicates(per_replicate(values, "cka", by), by, bounds=None)
+    return table[columns].astype({c: int for c in by if c != "role"})
 
 
 __all__ = ["Similarity", "base_curve", "base_matrix", "finetune_table", "study_similarity"]

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from transferscope.report.figures import DPI, STYLES
-from transferscope.report.stats import mean_ci
+from transferscope.report.stats import over_replicates, per_replicate
 
 _ROLE_NAMES = {"selffer+": "BnB+", "transfer+": "AnB+"}
 
@@ -111,16 +111,15 @@ def plot_cka_heatmaps(matrix: np.ndarray, finetune: pd.DataFrame, layer_names: S
 
 
 def plot_estimates(scores: pd.DataFrame, measured: pd.DataFrame, labels: dict[str, str], title: str) -> Figure:
-    """Measured AnB top-1 and each score against the cut point n (mean and 95% CI over replicates
-    and both directions)."""
+    """Measured AnB top-1 and each score against the cut point n (mean and 95% CI over replicates,
+    each replicate the mean of its two directions)."""
     panels = [("measured", "measured AnB test top-1")] if not measured.empty else []
     panels += list(labels.items())
     fig = Figure(figsize=(3.3 * len(panels), 3.4))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (col, label) in zip(axes, panels):
         data = measured if col == "measured" else scores
-        rows = [(int(n), *mean_ci(g[col])) for n, g in data.groupby("n")]
-        table = pd.DataFrame(rows, columns=["n", "mean", "ci_low", "ci_high", "count"])
+        table = over_replicates(per_replicate(data, col, ["n"]), ["n"], bounds=None)
         color = STYLES["transfer"].color if col == "measured" else "#31688e"
         _band(ax, table["n"], table, color, label, marker=STYLES["transfer"].marker if col == "measured" else "o")
         ax.set_title(label, fontsize=9)

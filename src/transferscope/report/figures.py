@@ -51,7 +51,8 @@ _FIG3_ROLES = (*_FIG2_ROLES, "random")
 
 
 def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> Figure:
-    """Fig. 2: top, one marker per network; bottom, treatment means with 95% CI bands."""
+    """Fig. 2: top, one marker per network; bottom, treatment means with 95% CI bands over
+    replicates (:mod:`transferscope.report.stats`)."""
     done = done_runs(df, HEADLINE_METRIC)
     ns = observed_cut_points(done, cut_points)
     fig = Figure(figsize=(9.0, 8.0))
@@ -93,7 +94,7 @@ def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> F
         _mean_line(bottom, summary.loc[summary["role"] == role], role, ROLE_LABELS[role])
 
     top.set_title("Each marker is one network (both directions pooled)", fontsize=10)
-    bottom.set_title("Mean per treatment, shaded 95% confidence interval", fontsize=10)
+    bottom.set_title("Mean per treatment over replicates, shaded 95% CI over replicates", fontsize=10)
     for ax in (top, bottom):
         ax.set_ylabel(Y_LABEL)
         _finish_axes(ax, ns)
@@ -103,7 +104,8 @@ def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> F
 
 
 def plot_fig3(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> Figure:
-    """Fig. 3: each treatment minus the base of the same replicate and task, mean with 95% CI."""
+    """Fig. 3: each treatment minus the base of the same replicate and task, mean with 95% CI over
+    replicates."""
     done = done_runs(df, HEADLINE_METRIC)
     ns = observed_cut_points(done, cut_points)
     rel = relative(done, HEADLINE_METRIC)
@@ -114,7 +116,8 @@ def plot_fig3(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> F
         label = ROLE_LABELS[role]
         _mean_line(ax, rel.loc[rel["quantity"] == label], role, f"{label} \u2212 base")
     ax.set_title(
-        "Paired difference to the base network of the same replicate and task", fontsize=10
+        "Paired difference to the base network of the same replicate and task; mean and 95% CI over "
+        "replicates", fontsize=10
     )
     ax.set_ylabel("Top-1 accuracy (test) relative to base")
     ax.set_xlabel(X_LABEL)

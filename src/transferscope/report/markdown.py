@@ -13,6 +13,7 @@ from transferscope.errors import UserError
 from transferscope.report.figures import write_figures
 from transferscope.report.stats import (
     HEADLINE_METRIC,
+    INTERVAL_METHOD,
     ROLE_LABELS,
     done_runs,
     observed_cut_points,
@@ -125,8 +126,12 @@ def _reading_section(done: pd.DataFrame, analysis: Analysis | None) -> str:
     paragraphs = analysis.reading if analysis is not None and analysis.reading else reading(done)
     if not paragraphs:
         return ""
-    return ("## Reading\n\nWhat the numbers show. Differences are paired by replicate and target; "
-            "*significant* means the 95% CI excludes zero; \"not distinguishable\" means it does not.\n\n"
+    return ("## Reading\n\nWhat the numbers show. Differences are paired by replicate and target and summarised "
+            "over replicates (the independent unit). A statement about one cell is *significant* when its 95% CI "
+            "excludes zero. A statement that scans the cut points (\"significant at n = ...\") is Holm-corrected "
+            "over them, so that the chance of any false claim in it stays at most 5% where nothing differs; a cell "
+            "whose own interval excludes zero without surviving that correction is named as such. Where an interval "
+            "includes zero the data cannot tell, and the reading says so.\n\n"
             + "\n\n".join(paragraphs) + "\n")
 
 
@@ -166,8 +171,9 @@ def _metric_section(meta: ReportMeta) -> str:
     text = (
         "## Metric\n\n"
         f"The headline metric is top-1 accuracy on the test set (`{HEADLINE_METRIC}`) of each "
-        "network's final model, evaluated once after training. Intervals are two-sided 95% "
-        "Student-t confidence intervals of the mean over networks. The paper's own metric, the "
+        "network's final model, evaluated once after training. Intervals: the "
+        f"{INTERVAL_METHOD}. The replicate is the independent unit because the two directions of a "
+        "replicate share its class split and base networks. The paper's own metric, the "
         f"mean of the {meta.best_k} best validation scores seen during training "
         f"(`{VALIDATION_METRIC}`), is optimistic because the same data selects and scores; it is "
         "shown only as a secondary table below."
@@ -197,7 +203,7 @@ def _validation_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[in
     ns = sorted(set(summary["n"]))
     lines = [
         f"## Optimistic validation metric (mean of {meta.best_k} best validation scores)\n",
-        "Optimistic: selected and scored on the same validation data. Mean (number of networks).\n",
+        "Optimistic: selected and scored on the same validation data. Mean (replicates, networks).\n",
         "| treatment | " + " | ".join(f"n={n}" for n in ns) + " |",
         "|:--|" + "--:|" * len(ns),
     ]
@@ -206,7 +212,8 @@ def _validation_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[in
         if rows.empty:
             continue
         cells = [
-            f"{rows.loc[n, 'mean']:.3f} ({int(rows.loc[n, 'count'])})" if n in rows.index
+            f"{rows.loc[n, 'mean']:.3f} ({int(rows.loc[n, 'replicates'])}, {int(rows.loc[n, 'networks'])})"
+            if n in rows.index
             else MISSING_CELL
             for n in ns
         ]

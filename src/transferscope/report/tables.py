@@ -15,18 +15,24 @@ import pandas as pd
 from transferscope.report.stats import (
     DECOMPOSITION,
     HEADLINE_METRIC,
+    INTERVAL_METHOD,
     ROLE_LABELS,
     relative,
     summarize,
+    width_note,
 )
 
 SECTIONS = ("accuracy", "relative", "decomposition")
-TABLE_COLUMNS = ["section", "quantity", "n", "mean", "ci_low", "ci_high", "count"]
+TABLE_COLUMNS = ["section", "quantity", "n", "mean", "ci_low", "ci_high", "replicates", "networks", "p"]
 MISSING_CELL = "\u2014"
 
 TABLE_LEGEND = (
-    "Cells: mean [95% CI] (number of networks); no interval with one network; "
-    f"{MISSING_CELL} where no network finished. Rows \"X - base\" are paired by replicate and task."
+    "Cells: mean [95% CI] (replicates, networks). The replicate (one class split with its seeds) is "
+    "the independent unit: both directions of a replicate share its base networks, so each "
+    "replicate counts once, as the mean of its directions. "
+    f"{INTERVAL_METHOD}; no interval with one replicate; {MISSING_CELL} where no network finished. "
+    "Rows \"X - base\" are paired by replicate and task. Intervals are per cell: "
+    "read across cut points, about one in twenty excludes zero by chance where nothing differs."
 )
 
 
@@ -37,7 +43,7 @@ def layer_table(
     accuracy = (
         summarize(df, metric, cut_points)
         .rename(columns={"treatment": "quantity"})
-        .assign(section="accuracy")
+        .assign(section="accuracy", p=float("nan"))  # "mean accuracy = 0" is no hypothesis
     )
     rel = relative(df, metric)
     is_decomposition = rel["quantity"].isin(list(DECOMPOSITION))
@@ -52,13 +58,15 @@ def layer_table(
     return pd.concat(parts, ignore_index=True)
 
 
-def format_cell(mean: float, lo: float, hi: float, count: int) -> str:
-    """``0.912 [0.901, 0.923] (6)``; without bounds when they are NaN; a dash for no data."""
-    if count == 0 or not math.isfinite(mean):
+def format_cell(mean: float, lo: float, hi: float, replicates: int, networks: int) -> str:
+    """``0.912 [0.901, 0.923] (3 rep, 6 net)``; without bounds when they are NaN; a dash for no
+    data."""
+    if replicates == 0 or not math.isfinite(mean):
         return MISSING_CELL
+    counts = f"({replicates} rep, {networks} net)"
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{_number(mean)} ({count})"
-    return f"{_number(mean)} [{_number(lo)}, {_number(hi)}] ({count})"
+        return f"{_number(mean)} {counts}"
+    return f"{_number(mean)} [{_number(lo)}, {_number(hi)}] {counts}"
 
 
 def _number(value: float) -> str:
@@ -89,7 +97,8 @@ def layers_markdown(table: pd.DataFrame, cut_points: Sequence[int] = ()) -> str:
         for quantity in dict.fromkeys(rows["quantity"]):
             by_n = rows.loc[rows["quantity"] == quantity].set_index("n")
             cells = [
-                format_cell(*by_n.loc[n, ["mean", "ci_low", "ci_high"]], int(by_n.loc[n, "count"]))
+                format_cell(*by_n.loc[n, ["mean", "ci_low", "ci_high"]], int(by_n.loc[n, "replicates"]),
+                            int(by_n.loc[n, "networks"]))
                 if n in by_n.index
                 else MISSING_CELL
                 for n in ns
@@ -106,7 +115,9 @@ def write_tables(
     markdown = layers_markdown(table, cut_points)
     csv_path, md_path = out_dir / "layers.csv", out_dir / "layers.md"
     table.to_csv(csv_path, index=False)
+    note = width_note(table["replicates"])
     md_path.write_text(
-        f"# Per-layer results (test top-1)\n\n{TABLE_LEGEND}\n\n{markdown}", encoding="utf-8"
+        f"# Per-layer results (test top-1)\n\n{TABLE_LEGEND}" + (f" {note}" if note else "") + f"\n\n{markdown}",
+        encoding="utf-8",
     )
     return csv_path, md_path, markdown
