@@ -226,9 +226,11 @@ def test_several_wrong_keys_are_still_one_line(tmp_path):
      [r"holds a study with a different configuration", r"differs in train\.epochs\b", r"another --output"]),
     ("in-process", ["--set", "train.lr=0.0123", "--set", "model.options={widths=[8,4],fc=[16]}"],
      [r"different configuration", r"model\.options\.widths", r"train\.lr"]),
+    ("in-process", ["--set", "treatments.size_budget=epochs"],
+     [r'differs in treatments\.size_budget: recorded "steps", now "epochs"\)', r"--set 'treatments\.size_budget=\"steps\"'"]),
     ("process", ["--set", "train.epochs=ten"], [r"\btrain\.epochs\b", r"'ten'"]),
     ("in-process", ["--set", "split.sizes=[8,8]"], [r"\bsplit\.sizes\b"]),
-], ids=["different-config", "two-differing-keys", "invalid-value", "impossible-split"])
+], ids=["different-config", "two-differing-keys", "other-size-budget", "invalid-value", "impossible-split"])
 def test_a_refused_run_leaves_the_recorded_study_byte_identical(study_copy, tmp_path, how, mistake, patterns):
     before = tree_bytes(study_copy)
     assert sum(k.startswith("runs/") for k in before) == TINY_RUNS and any(k.startswith("weights/") for k in before)

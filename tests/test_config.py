@@ -9,6 +9,7 @@ def test_defaults_are_the_digits_study():
     assert c.data.dataset == "digits" and c.model.arch == "convnet"
     assert c.treatments.replicates >= 3 and c.treatments.targets == ("B", "A")
     assert set(c.treatments.names) == {"base", "BnB", "BnB+", "AnB", "AnB+", "random"}
+    assert c.treatments.size_budget == "steps"  # reduced target data trains as long as the full set
 
 
 def test_file_and_overrides(tmp_path):
@@ -43,6 +44,7 @@ def test_resolved_config_round_trips(tmp_path):
     ("data.val_fraction=0.65", r"val_fraction \+ test_fraction must be below 0.9"),
     ("train.lr=-1", r"train.lr: Input should be greater than 0"),
     ("train.augment=maybe", r"train.augment: Input should be a valid boolean"),
+    ("treatments.size_budget=equal", r"treatments.size_budget: Input should be 'steps' or 'epochs' \(got 'equal'\)"),
     ("noequals", r"expected key=value"),
 ])
 def test_errors_name_the_key(override, message):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from safetensors.torch import load_file
 from transferscope import load_config, load_results, run_study
 from transferscope.models import create_model
 from transferscope.seeds import derive_seed
+from transferscope.study import Study
 
 from conftest import TINY
 
@@ -114,6 +116,72 @@ def test_target_sizes_repeat_the_transfer_treatments_on_less_data(tmp_path):
     # the per-layer report uses the full-data runs only
     table = (tmp_path / "report" / "layers.csv").read_text()
     assert table.count("\n") > 3
+    # beside the recommendation, the budget each size trained with
+    report = (tmp_path / "report" / "report.md").read_text()
+    steps = int(f.loc[f["key"] == "r0-baseB", "budget_steps"].iloc[0])
+    assert re.search(r"Training budget: each network on reduced target data trained for as many optimisation steps "
+                     r".*size_budget = \"steps\".*3 per class: \d+ epochs, " + str(steps) + r" steps; 25%: \d+ "
+                     r"epochs, " + str(steps) + r" steps; full: 1 epochs, " + str(steps) + r" steps\.", report), report
+
+
+BUDGET_STUDY = [*TINY, "treatments.cut_points=[1]", "treatments.target_sizes=[0.25, 3]", 'treatments.targets=["B"]',
+                'treatments.names=["base", "AnB", "AnB+"]', "execution.workers=1"]
+
+
+@pytest.mark.parametrize("rule", ["steps", "epochs"])
+def test_each_target_size_trains_the_budget_its_rule_gives(tmp_path, monkeypatch, rule):
+    """Real runs: with the "steps" rule every run on reduced data takes as many optimisation steps
+    as the base network on the full set (more epochs, the schedule stretched over them, frozen
+    runs on cached features included); with "epochs" it keeps train.epochs. Progress counts the
+    epochs each run really has."""
+    import transferscope.study as study_module
+    from transferscope.progress import Progress
+
+    bars: list[Progress] = []
+    started: dict[str, int] = {}
+
+    class Recorded(Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+        def run_started(self, key: str, epochs: int) -> None:
+            started.setdefault(key, epochs)
+            super().run_started(key, epochs)
+
+    monkeypatch.setattr(study_module, "Progress", Recorded)
+    cfg = load_config(None, [*BUDGET_STUDY, f"treatments.size_budget={rule}"])
+    f = run_study(cfg, tmp_path, progress=False, report=False).frame.set_index("key")
+    assert (f["status"] == "done").all() and (f["budget_rule"] == rule).all()
+    full = f.loc["r0-baseB"]
+    assert full["budget_epochs"] == full["epochs_run"] == 2
+    assert full["steps_run"] == full["budget_steps"] == 2 * (full["train_images"] // 64)
+    small = f.loc[f["target_size"].notna()]
+    per_epoch = small["train_images"] // 64 + (small["train_images"] < 64)  # fewer than a batch: one batch
+    assert len(small) == 6 and (small["epochs_run"] == small["budget_epochs"]).all()
+    assert (small["steps_run"] == small["budget_steps"]).all()
+    if rule == "steps":
+        assert (small["steps_run"] == full["steps_run"]).all()
+        assert (small["epochs_run"] == -(-full["steps_run"] // per_epoch)).all() and (small["epochs_run"] > 2).all()
+        frozen = json.loads((tmp_path / "runs" / "r0-AnB-n1-s3pc.json").read_text())
+        assert frozen["feature_cache"]["views"] >= 2  # trained on cached features: epoch e on view e mod views
+        lrs = [h["lr"] for h in frozen["history"]]
+        # cosine falls to ~0 over the whole run (its last epoch starts 13/14 of the way), not over train.epochs
+        assert len(lrs) == 14 and lrs[0] == cfg.train.lr and lrs[-1] < 0.02 * cfg.train.lr
+        assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    else:
+        assert (small["epochs_run"] == 2).all() and (small["steps_run"] == 2 * per_epoch).all()
+    # progress: the total and each run's count are the epochs the runs really trained
+    (bar,) = bars
+    assert bar.total_epochs == bar.done_epochs == f["epochs_run"].sum()
+    assert started == dict(f["budget_epochs"])
+
+
+def test_train_images_are_counted_without_loading_a_task():
+    study = Study.prepare(load_config(None, [*TINY, "data.train_per_class=60"]))
+    for size in (None, 0.25, 0.05, 3, 1000):
+        for name in ("A", "B"):
+            assert study.train_images(0, name, size) == len(study.task(0, name, size).train), (name, size)
 
 
 def test_a_study_grows_in_place_and_keeps_what_it_recorded(tmp_path):

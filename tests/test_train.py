@@ -7,7 +7,7 @@ from transferscope.config import EvalConfig, TrainConfig
 from transferscope.data.augment import normalize, random_crop
 from transferscope.seeds import derive_seed, generator
 from transferscope.precision import Numerics
-from transferscope.train import PixelFeed, evaluate, lr_factor, train_network
+from transferscope.train import Budget, PixelFeed, evaluate, lr_factor, run_budget, steps_per_epoch, train_network
 
 from conftest import build_network
 
@@ -75,6 +75,45 @@ def test_schedules():
     cos = TrainConfig(schedule="cosine", epochs=10)
     assert lr_factor(cos, 0) == 1 and lr_factor(cos, 5) == pytest.approx(0.5)
     assert lr_factor(TrainConfig(schedule="constant"), 7) == 1
+
+
+def test_a_longer_run_stretches_the_schedule_over_all_of_it():
+    cos = TrainConfig(schedule="cosine", epochs=10)
+    long = [lr_factor(cos, e, 70) for e in range(70)]
+    assert long[0] == 1 and long[35] == pytest.approx(0.5) and long[-1] < 0.01
+    assert all(a > b for a, b in zip(long, long[1:]))  # no restart where the 10-epoch schedule would end
+    # the step schedule decays at the same fractions of the run: every 10 of 30 epochs = every 20 of 60
+    step = TrainConfig(schedule="step", step_epochs=10, step_gamma=0.1, epochs=30)
+    assert [lr_factor(step, e, 60) for e in (0, 19, 20, 39, 40, 59)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert [lr_factor(step, e, 30) for e in range(30)] == [lr_factor(step, e) for e in range(30)]
+
+
+def test_budget_rules():
+    cfg = TrainConfig(epochs=20, batch_size=64)
+    assert steps_per_epoch(450, 64) == 7 and steps_per_epoch(22, 64) == 1  # fewer than a batch: one batch
+    # the full set: train.epochs, whatever the rule
+    assert run_budget(cfg, "steps", 450, 450) == Budget(20, 140, "steps")
+    assert run_budget(cfg, "epochs", 450, 450) == Budget(20, 140, "epochs")
+    # a fifth of it: the same 140 steps in more epochs, or the same epochs with a fifth of the steps
+    assert run_budget(cfg, "steps", 90, 450) == Budget(140, 140, "steps")
+    assert run_budget(cfg, "epochs", 90, 450) == Budget(20, 20, "epochs")
+    # 3 steps per epoch do not divide 140: 47 epochs, the last one cut short
+    assert run_budget(cfg, "steps", 200, 450) == Budget(47, 140, "steps")
+
+
+def test_training_follows_its_budget(tiny_study):
+    net = build_network(tiny_study, base_spec(tiny_study), {})
+    task = tiny_study.task(0, "B")
+    per_epoch = steps_per_epoch(len(task.train), tiny_study.config.train.batch_size)
+    assert per_epoch >= 2
+    budget = Budget(epochs=4, steps=3 * per_epoch + 1, rule="steps")  # the fourth epoch stops after one step
+    out = train_network(net, task, tiny_study.config.train, tiny_study.config.eval, copied=0, data_seed=0,
+                        budget=budget)
+    assert out.status == "done" and out.steps == budget.steps and len(out.history) == 4
+    cfg = tiny_study.config.train
+    assert [h["lr"] for h in out.history] == pytest.approx([cfg.lr * lr_factor(cfg, e, 4) for e in range(4)])
+    _, default = train_once(tiny_study)
+    assert default.steps == cfg.epochs * per_epoch and len(default.history) == cfg.epochs
 
 
 def test_random_crop_is_a_translation():

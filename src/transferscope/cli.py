@@ -67,8 +67,16 @@ def run(
             typer.echo(f"{spec.key:<22} {spec.role:<10} n={spec.n}  target {spec.target}  "
                        f"needs {spec.depends_on or '-'}")
         roles = Counter(s.role for s in study.plan)
+        epochs = config.train.epochs
+        reduced = sorted({study.budget(s).epochs for s in study.plan if s.size is not None} - {epochs})
+        if reduced:  # treatments.size_budget = "steps": the full set's steps take more epochs on less data
+            span = f"{reduced[0]}" if len(reduced) == 1 else f"{reduced[0]}-{reduced[-1]}"
+            budget = (f"{epochs} epochs each on full training sets, {span} on reduced target data (as many "
+                      "optimisation steps as the full set)")
+        else:
+            budget = f"{epochs} epochs each"
         typer.echo(f"{len(study.plan)} runs ({', '.join(f'{v} {k}' for k, v in roles.items())}), "
-                   f"{config.train.epochs} epochs each, results in {out}")
+                   f"{budget}, results in {out}")
         return
     result = run_study(config, out, progress=not quiet)
     bad = result.failed

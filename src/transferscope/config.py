@@ -21,6 +21,8 @@ from transferscope.errors import UserError
 #: Treatments as the paper names them for target task B. With ``targets`` including "A", each is
 #: mirrored (BnB -> AnA, AnB -> BnA, random -> randomA).
 TREATMENTS = ("base", "BnB", "BnB+", "AnB", "AnB+", "random")
+#: how long a run on reduced target data trains (``treatments.size_budget``)
+SizeBudget = Literal["steps", "epochs"]
 
 
 class _Section(BaseModel):
@@ -108,6 +110,12 @@ class TreatmentConfig(_Section):
     #: network from scratch with less target training data, each size a fraction of every class's
     #: training images (0.05) or a number of images per class (10)
     target_sizes: tuple[float | int, ...] = ()
+    #: how long a run on reduced target data trains: "steps" (the default) gives it the same
+    #: number of optimisation steps as the run on its task's full training set, so more epochs;
+    #: "epochs" keeps ``train.epochs`` and so gives it fewer steps. Equal epochs starve training
+    #: from scratch on a small subset (a 5% subset gets a twentieth of the steps) and so favour
+    #: transfer in the very comparison the target sizes make
+    size_budget: SizeBudget = "steps"
     #: BatchNorm in frozen layers: "fixed" (statistics and affine parameters frozen, the default)
     #: or "train-affine" (statistics frozen, the affine scale and shift train)
     frozen_bn: Literal["fixed", "train-affine"] = "fixed"

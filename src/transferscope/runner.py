@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,7 +45,8 @@ def make_record(study: Study, spec: RunSpec, **fields: Any) -> dict[str, Any]:
     return {
         "key": spec.key, "replicate": spec.replicate, "treatment": spec.treatment, "role": spec.role,
         "target": spec.target, "source": spec.source, "n": spec.n, "target_size": spec.size,
-        "train_images": len(study.task(*spec.task_key).train), "frozen_layers": spec.frozen,
+        "train_images": study.train_images(*spec.task_key), "budget": asdict(study.budget(spec)),
+        "frozen_layers": spec.frozen,
         "copied_layers": spec.copied, "source_network": spec.source_net, "depends_on": spec.depends_on,
         "split": {"A": list(split.names("A")), "B": list(split.names("B")), "description": split.description},
         "seeds": {"study": seed, "init": derive_seed("init", seed, spec.key), "data": derive_seed("data", seed, spec.key),
@@ -127,7 +128,7 @@ class Runner:
             outcome = train_network(
                 net, self.study.task(*spec.task_key), cfg.train, cfg.eval, copied=spec.copied,
                 data_seed=derive_seed("data", cfg.seed, spec.key), flip=self.study.flip,
-                numerics=self.numerics, features=features,
+                numerics=self.numerics, features=features, budget=self.study.budget(spec),
                 on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
         except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)
             return RunResult(make_record(self.study, spec, status="failed", error=f"{type(e).__name__}: {e}",
@@ -136,8 +137,8 @@ class Runner:
                   "build_time_s": round(feature_time, 3)} if features is not None else None)
         record = make_record(
             self.study, spec, status=outcome.status, history=outcome.history, metrics=outcome.metrics,
-            diverged_epoch=outcome.diverged_epoch, trainable_params=trainable, total_params=total,
-            wall_time_s=time.perf_counter() - start + feature_time, precision=self.numerics.name,
+            diverged_epoch=outcome.diverged_epoch, steps_run=outcome.steps, trainable_params=trainable,
+            total_params=total, wall_time_s=time.perf_counter() - start + feature_time, precision=self.numerics.name,
             device=str(self.numerics.device), feature_cache=cache)
         weights = None
         if outcome.status == "done" and keeps_weights(self.study.config, spec):

@@ -17,13 +17,14 @@ import torch
 from transferscope.config import StudyConfig
 from transferscope.data import ImageData, load_dataset
 from transferscope.data.splits import ClassSplit, split_classes
-from transferscope.data.tasks import Task, make_task, reduce_train
+from transferscope.data.tasks import Task, make_task, partition, reduce_train, reduced
 from transferscope.models import CutNet, create_model
 from transferscope.progress import Progress
 from transferscope.provenance import provenance
 from transferscope.seeds import derive_seed
 from transferscope.store import Store
 from transferscope.surgery import check_cut
+from transferscope.train import Budget, run_budget
 from transferscope.treatments import Job, RunSpec, build_plan, group_jobs
 
 
@@ -38,6 +39,7 @@ class Study:
     plan: list[RunSpec]
     _splits: dict[int, ClassSplit] = field(default_factory=dict)
     _tasks: dict[tuple[int, str, float | int | None], Task] = field(default_factory=dict)
+    _train_labels: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, config: StudyConfig, splits: dict[int, dict[str, Any]] | None = None) -> Study:
@@ -72,12 +74,29 @@ class Study:
                 self._tasks[replicate, name, size] = reduce_train(self.task(replicate, name), size)
             return self._tasks[replicate, name, size]
         if (replicate, name, None) not in self._tasks:
-            d = self.config.data
-            self._tasks[replicate, name, None] = make_task(
-                self.data, name, self.split(replicate).classes(name), d.val_fraction, d.test_fraction,
-                seed=derive_seed("partition", self.config.seed, replicate, name), workers=d.workers,
-                train_per_class=d.train_per_class)
+            self._tasks[replicate, name, None] = make_task(name=name, workers=self.config.data.workers,
+                                                           **self._partition_args(replicate, name))
         return self._tasks[replicate, name, None]
+
+    def _partition_args(self, replicate: int, name: str) -> dict[str, Any]:
+        d = self.config.data
+        return {"data": self.data, "classes": self.split(replicate).classes(name), "val_fraction": d.val_fraction,
+                "test_fraction": d.test_fraction, "seed": derive_seed("partition", self.config.seed, replicate, name),
+                "train_per_class": d.train_per_class}
+
+    def train_images(self, replicate: int, name: str, size: float | int | None = None) -> int:
+        """How many training images :meth:`task` gives, counted from the labels alone (the driver
+        plans every run's budget without loading any task's images)."""
+        if (replicate, name) not in self._train_labels:
+            self._train_labels[replicate, name] = partition(**self._partition_args(replicate, name))["train"][1]
+        y = self._train_labels[replicate, name]
+        return len(y) if size is None else len(reduced(y, len(self.split(replicate).classes(name)), size))
+
+    def budget(self, spec: RunSpec) -> Budget:
+        """How long ``spec`` trains: ``train.epochs`` on its task's full training set, and on
+        reduced target data what ``treatments.size_budget`` gives (see train.run_budget)."""
+        return run_budget(self.config.train, self.config.treatments.size_budget, self.train_images(*spec.task_key),
+                          self.train_images(spec.replicate, spec.target))
 
     def new_network(self, spec: RunSpec, task: str, seed_key: str) -> CutNet:
         m = self.config.model
@@ -146,7 +165,8 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
     recorded = {r["key"]: r["status"] for r in store.records()}
     finished = {k for k, st in recorded.items() if st != "failed"}
     pending = [s for s in study.plan if s.key not in finished]
-    bar = Progress(len(pending), len(pending) * config.train.epochs, enabled=progress)
+    epochs = {s.key: study.budget(s).epochs for s in pending}  # more than train.epochs on reduced data
+    bar = Progress(len(pending), sum(epochs.values()), enabled=progress)
     bar.message(study.describe())
     if finished:
         bar.message(f"resuming {store.root}: {len(finished)} of {len(study.plan)} runs already recorded, skipped")
@@ -161,7 +181,7 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
         status[rec["key"]] = rec["status"]
         recorded_now.add(rec["key"])
         bar.run_finished(rec["key"], rec["status"], rec.get("metrics", {}).get("test_top1"),
-                         config.train.epochs - len(rec.get("history", [])))
+                         epochs[rec["key"]] - len(rec.get("history", [])))
 
     def submit_ready(executor) -> None:
         for job in list(waiting):
@@ -183,7 +203,7 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
             submit_ready(executor)
             for event in executor.events():
                 if isinstance(event, Epoch):
-                    bar.run_started(event.run_key, config.train.epochs)
+                    bar.run_started(event.run_key, epochs[event.run_key])
                     bar.epoch_done(event.epoch, event.row)
                 elif isinstance(event, Finished):
                     rec = event.result.record

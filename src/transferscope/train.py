@@ -4,6 +4,11 @@ Every treatment uses the same recipe (as in the paper): SGD with momentum and we
 learning-rate schedule over the epochs, batched augmentation on the device. Validation top-1 (and
 top-5 where the task has more than 5 classes) is recorded every epoch; the test part is evaluated
 once, on the final network. A non-finite loss ends the run as ``diverged``.
+
+How long a run trains is its :class:`Budget`: ``train.epochs`` on a task's full training set; on
+reduced target data (``treatments.target_sizes``) either the full set's number of optimisation
+steps or its number of epochs (``treatments.size_budget``). The schedule spans whatever number of
+epochs the budget gives, as it spans ``train.epochs`` on the full set.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from transferscope.config import EvalConfig, TrainConfig
+from transferscope.config import EvalConfig, SizeBudget, TrainConfig
 from transferscope.data.augment import augment, normalize
 from transferscope.data.tasks import Batch, Task
 from transferscope.features import FrozenFeatures
@@ -31,14 +36,48 @@ class Outcome:
     history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     diverged_epoch: int | None = None
+    steps: int = 0  # optimisation steps taken
 
 
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """The schedule's multiplier of ``cfg.lr`` during ``epoch`` (0-based)."""
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Optimisation steps in one pass over ``images`` training images: full batches only (the
+    ragged last batch is dropped), or a single batch of them all when they do not fill one."""
+    return images // batch_size if images >= batch_size else 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long one run trains: ``steps`` optimisation steps over ``epochs`` passes through its
+    training images (the last pass stops early where the steps do not fill it), and the rule of
+    ``treatments.size_budget`` that set them."""
+
+    epochs: int
+    steps: int
+    rule: SizeBudget
+
+
+def run_budget(cfg: TrainConfig, rule: SizeBudget, images: int, full_images: int) -> Budget:
+    """The budget of a run on ``images`` training images of a task whose full training set has
+    ``full_images``. On the full set: ``cfg.epochs`` epochs whatever the rule. On fewer images,
+    rule "steps" keeps the full set's number of steps (more epochs), "epochs" keeps the epochs
+    (fewer steps)."""
+    per_epoch = steps_per_epoch(images, cfg.batch_size)
+    if rule == "epochs":
+        return Budget(cfg.epochs, cfg.epochs * per_epoch, rule)
+    steps = cfg.epochs * steps_per_epoch(full_images, cfg.batch_size)
+    return Budget(math.ceil(steps / per_epoch), steps, rule)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int, epochs: int | None = None) -> float:
+    """The schedule's multiplier of ``cfg.lr`` during ``epoch`` (0-based) of a run of ``epochs``
+    epochs (default ``cfg.epochs``). A longer run stretches the schedule: cosine reaches its end at
+    the run's last epoch, and the step schedule decays at the same fractions of the run as it does
+    every ``cfg.step_epochs`` of ``cfg.epochs``."""
+    epochs = epochs or cfg.epochs
     if cfg.schedule == "step":
-        return cfg.step_gamma ** (epoch // cfg.step_epochs)
+        return cfg.step_gamma ** (epoch * cfg.epochs // (epochs * cfg.step_epochs))
     if cfg.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
     return 1.0
 
 
@@ -132,13 +171,16 @@ def evaluate(model: CutNet, feed: Feed, part: str, numerics: Numerics, batch_siz
 
 def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, *, copied: int,
                   data_seed: int, flip: bool = False, numerics: Numerics | None = None,
-                  features: FrozenFeatures | None = None,
+                  features: FrozenFeatures | None = None, budget: Budget | None = None,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Outcome:
     """Train ``model`` in place on ``task`` and evaluate it. ``data_seed`` drives the data order,
     the augmentation and dropout; ``copied`` says how many leading layers came from a source
     network. With ``features`` (the frozen prefix's outputs, computed once), only the layers
-    above the frozen prefix run."""
+    above the frozen prefix run. ``budget``: how long to train (default: ``cfg.epochs`` epochs,
+    as on a full training set)."""
     numerics = numerics or Numerics(torch.device("cpu"), None, False)
+    if budget is None:
+        budget = run_budget(cfg, "epochs", len(task.train), len(task.train))
     if features is not None:
         if features.n != model.num_frozen or not model.prefix_is_constant:
             raise ValueError(f"features of layer {features.n} do not fit a network with {model.num_frozen} frozen layers")
@@ -149,20 +191,21 @@ def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalCon
     # the caller's stream as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(data_seed)
-        return _train(model, feed, cfg, eval_cfg, copied, generator(data_seed), numerics, on_epoch)
+        return _train(model, feed, cfg, eval_cfg, copied, generator(data_seed), numerics, budget, on_epoch)
 
 
 def _train(model: CutNet, feed: Feed, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, g: torch.Generator,
-           numerics: Numerics, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
+           numerics: Numerics, budget: Budget, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
     opt = make_optimizer(model, cfg, copied)
     # loss scaling only for fp16; bf16 and fp32 step directly (no per-step scaler calls)
     scaler = torch.amp.GradScaler(numerics.device.type) if numerics.dtype == torch.float16 else None
     n = len(feed.task.train)
     outcome = Outcome("done")
     model.train()  # evaluate() puts it back in training mode
-    for epoch in range(cfg.epochs):
+    for epoch in range(budget.epochs):
+        lr = cfg.lr * lr_factor(cfg, epoch, budget.epochs)
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, epoch) * group["lr_scale"]
+            group["lr"] = lr * group["lr_scale"]
         order = torch.randperm(n, generator=g)
         losses = []
         # the ragged last batch is dropped: BatchNorm needs more than one sample
@@ -179,12 +222,15 @@ def _train(model: CutNet, feed: Feed, cfg: TrainConfig, eval_cfg: EvalConfig, co
                 scaler.step(opt)
                 scaler.update()
             losses.append(loss.detach())
+            outcome.steps += 1
+            if outcome.steps == budget.steps:
+                break  # the budget's last epoch may stop before the end of the data
         train_loss = torch.stack(losses).float().mean().item() if losses else 0.0
         if not math.isfinite(train_loss):
             outcome.status, outcome.diverged_epoch = "diverged", epoch + 1
             break
         val = evaluate(model, feed, "val", numerics, eval_cfg.batch_size)
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": cfg.lr * lr_factor(cfg, epoch),
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
                **{f"val_{k}": v for k, v in val.items()}}
         outcome.history.append(row)
         if on_epoch is not None:

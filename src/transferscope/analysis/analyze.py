@@ -347,7 +347,38 @@ def _sizes_section(frame: pd.DataFrame, records: list[dict], out: Path, title: s
          "same test accuracies, so its margin is optimistic when candidates are close. All cells in "
          "[target_sizes.csv](target_sizes.csv).\n"),
     ]
+    lines.append(_budget_text(runs))
     return Section(name, "\n".join(lines))
+
+
+_BUDGET_RULES = {
+    "steps": ("each network on reduced target data trained for as many optimisation steps as the networks on its "
+              "task's full training set, so for more epochs (`treatments.size_budget = \"steps\"`)"),
+    "epochs": ("every network trained for `train.epochs` epochs whatever its target size, so for fewer optimisation "
+               "steps on less data (`treatments.size_budget = \"epochs\"`): a smaller size is also a shorter "
+               "training, which handicaps training from scratch against transfer"),
+}
+
+
+def _budget_text(runs: pd.DataFrame) -> str:
+    """How long the networks of each target size trained, as their records say: the comparison
+    depends on it."""
+    recorded = runs.dropna(subset=["budget_rule"]) if "budget_rule" in runs else runs.iloc[0:0]
+    if recorded.empty:
+        return ("The training budget of these runs is not recorded (they predate it: every size then trained for "
+                "`train.epochs` epochs).\n")
+
+    def span(values: pd.Series) -> str:
+        lo, hi = int(values.min()), int(values.max())
+        return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+    rules = [_BUDGET_RULES.get(r, f"rule {r!r}") for r in dict.fromkeys(recorded["budget_rule"])]
+    sizes = sorted(recorded.groupby("size_label", sort=False), key=lambda item: item[1]["per_class"].mean())
+    per_size = "; ".join(f"{label}: {span(g['budget_epochs'])} epochs, {span(g['budget_steps'])} steps"
+                         for label, g in sizes)
+    missing = len(runs) - len(recorded)
+    return ("Training budget: " + "; ".join(rules) + f". Per network, by target size: {per_size}."
+            + (f" {missing} of these runs have no recorded budget." if missing else "") + "\n")
 
 
 # ------------------------------------------------------------------------------- provenance

@@ -103,24 +103,31 @@ def _per_class(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tu
     return idx[:k], idx[k:]
 
 
-def reduce_train(task: Task, size: float | int) -> Task:
-    """The same task with fewer training images per class: a fraction of each class (at least
-    one image) or a number of images per class. Smaller sizes are subsets of larger ones, and the
-    validation and test parts are unchanged."""
-    y = task.train.y
+def reduced(y: torch.Tensor, num_classes: int, size: float | int) -> torch.Tensor:
+    """The positions, in order, of the training images (labels ``y``) that a reduced ``size``
+    keeps: a fraction of each class (at least one image) or a number of images per class."""
     keep = []
-    for c in range(task.num_classes):
+    for c in range(num_classes):
         idx = torch.nonzero(y == c).flatten()  # the partition already shuffled each class
         count = max(1, round(len(idx) * size)) if isinstance(size, float) else min(int(size), len(idx))
         keep.append(idx[:count])
-    sel = torch.cat(keep).sort().values
+    return torch.cat(keep).sort().values
+
+
+def reduce_train(task: Task, size: float | int) -> Task:
+    """The same task with fewer training images per class (see :func:`reduced`). Smaller sizes
+    are subsets of larger ones, and the validation and test parts are unchanged."""
+    y = task.train.y
+    sel = reduced(y, task.num_classes, size)
     train = task.train
     part = Part(train.x[sel], y[sel]) if isinstance(train, Part) else StreamPart(train.reader, train.index[sel], y[sel], train.workers)
     return Task(task.name, task.class_names, part, task.val, task.test, task.mean, task.std)
 
 
-def make_task(data: ImageData, name: str, classes: tuple[int, ...], val_fraction: float,
-              test_fraction: float, seed: int, workers: int = 2, train_per_class: int | None = None) -> Task:
+def partition(data: ImageData, classes: tuple[int, ...], val_fraction: float, test_fraction: float, seed: int,
+              train_per_class: int | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Part name -> the dataset indices of its images and their task labels. It reads labels
+    only, so the driver can count a task's images without holding any."""
     rng = np.random.default_rng(seed)
     y_all = data.y.numpy()
     official = data.is_test.numpy() if data.is_test is not None else None
@@ -141,10 +148,16 @@ def make_task(data: ImageData, name: str, classes: tuple[int, ...], val_fraction
         for part, sel in (("train", train), ("val", val), ("test", test)):
             chosen[part].append(sel)
             labels[part].append(np.full(len(sel), label))
+    return {p: (torch.from_numpy(np.concatenate(chosen[p])), torch.from_numpy(np.concatenate(labels[p])).long())
+            for p in chosen}
+
+
+def make_task(data: ImageData, name: str, classes: tuple[int, ...], val_fraction: float,
+              test_fraction: float, seed: int, workers: int = 2, train_per_class: int | None = None) -> Task:
+    parts = partition(data, classes, val_fraction, test_fraction, seed, train_per_class)
 
     def part(p: str) -> AnyPart:
-        sel = torch.from_numpy(np.concatenate(chosen[p]))
-        y = torch.from_numpy(np.concatenate(labels[p])).long()
+        sel, y = parts[p]
         if data.x is not None:
             return Part(data.x[sel].contiguous(), y)
         return StreamPart(data.reader, sel, y, workers)  # type: ignore[arg-type]
