@@ -27,6 +27,7 @@ from transferscope.analysis import convergence as conv
 from transferscope.analysis import recommend as rec
 from transferscope.analysis.reading import Comparison, compare_studies, head_start, interval, reading, signed
 from transferscope.report.stats import done_runs, relative
+from transferscope.report.tables import format_cell as _cell
 from transferscope.store import Store
 
 
@@ -66,14 +67,6 @@ class Analysis:
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def _cell(mean: float, lo: float, hi: float, count: int, digits: int = 3) -> str:
-    if count == 0 or not math.isfinite(mean):
-        return "\u2014"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{mean:.{digits}f} ({count})"
-    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] ({count})"
 
 
 def _table(header: list[str], rows: list[list[str]], align: str = "--:") -> str:
@@ -189,13 +182,14 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
         (f"Linear CKA between layer outputs on the target task's test images (at most {sim.images} per task), with "
          f"the unbiased HSIC estimator (Song et al. 2012) averaged over random minibatches of about {sim.batch_size} "
          "images (Nguyen et al. 2021). 1: the same representation up to rotation and scale; near 0: unrelated. "
-         "Layer outputs are flattened. Means [95% CI] over replicates and both targets.\n"),
+         "Layer outputs are flattened. Mean [95% CI over replicates] (replicates, values): each replicate counts once, "
+         "as the mean over its two targets' images and directions.\n"),
         ("![CKA per layer: baseA vs baseB, and each fine-tuned network vs the base it copied from (filled markers: "
          "copied layers; open: re-initialised)](cka_layers.png)\n"),
         ("![Layer-by-layer CKA: baseA vs baseB (every pair of layers), and fine-tuned networks vs their source at "
          "each cut point and layer](cka_heatmap.png)\n"),
     ]
-    rows = [[f"{r.layer} {names[r.layer - 1]}", _cell(r.mean, r.ci_low, r.ci_high, r.count)]
+    rows = [[f"{r.layer} {names[r.layer - 1]}", _cell(r.mean, r.ci_low, r.ci_high, r.replicates, r.networks)]
             for r in curve.itertuples()]
     lines.append(_table(["layer", "CKA(baseA, baseB), same layer"], rows))
     for role, label in (("selffer+", "BnB+ vs baseB"), ("transfer+", "AnB+ vs baseA")):
@@ -206,7 +200,8 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
         rows = []
         for n, g in sub.groupby("n"):
             by_layer = g.set_index("layer")
-            cells = [_cell(*by_layer.loc[la, ["mean", "ci_low", "ci_high"]], int(by_layer.loc[la, "count"]))
+            cells = [_cell(*by_layer.loc[la, ["mean", "ci_low", "ci_high"]], int(by_layer.loc[la, "replicates"]),
+                           int(by_layer.loc[la, "networks"]))
                      if la in by_layer.index else "\u2014" for la in layers]
             rows.append([f"n={n}", *cells])
         lines.append(f"How far fine-tuning moved each layer, {label} (its source), per cut point n (rows) and layer "
@@ -216,9 +211,9 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
     if len(curve):
         hi, lo = curve.loc[curve["mean"].idxmax()], curve.loc[curve["mean"].idxmin()]
         lines.append(f"baseA and baseB are most alike at layer {int(hi.layer)} ({names[int(hi.layer) - 1]}: "
-                     f"{_cell(hi['mean'], hi.ci_low, hi.ci_high, int(hi['count']))}) and least at layer "
+                     f"{_cell(hi['mean'], hi.ci_low, hi.ci_high, int(hi.replicates), int(hi.networks))}) and least at layer "
                      f"{int(lo.layer)} ({names[int(lo.layer) - 1]}: "
-                     f"{_cell(lo['mean'], lo.ci_low, lo.ci_high, int(lo['count']))}).\n")
+                     f"{_cell(lo['mean'], lo.ci_low, lo.ci_high, int(lo.replicates), int(lo.networks))}).\n")
     if not ft_target.empty:
         last = ft_target.loc[ft_target["layer"] == ft_target["layer"].max()]
         lines.append("AnB+ against baseB (the network trained on B from scratch) at the classifier layer, per n: "
@@ -251,8 +246,8 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
          f"layer's output flattened when it has at most {est.max_features} values per image, otherwise conv maps "
          "average-pooled to the largest square grid that fits (feature counts below). "
          "`transferscope estimate DIR` computes the same after training only the base networks.\n"),
-        ("![Measured AnB test top-1 and each score against the cut point (mean and 95% CI over replicates and "
-         "directions)](estimate.png)\n"),
+        ("![Measured AnB test top-1 and each score against the cut point (mean and 95% CI over replicates, each "
+         "the mean of its two directions)](estimate.png)\n"),
     ]
     agg = scores.groupby(["n", "layer"], as_index=False).agg(
         features=("features", "max"), logme=("logme", "mean"), h_score=("h_score", "mean"),
@@ -265,19 +260,27 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
     if measured.empty:
         lines.append("No AnB run has finished yet, so the scores cannot be checked against measured transfer.\n")
     else:
-        crow = []
-        for r in corr.itertuples():
-            crow.append([r.label, _rho(r.rho_pooled, r.p_pooled, r.points), _rho(r.rho_means, r.p_means, r.cut_points)])
-        lines.append("Spearman rank correlation with the measured AnB test top-1 (scipy.stats.spearmanr): pooled over "
-                     "every replicate, direction and cut point, and between the per-n means (the shape of the "
-                     "curve). Two-sided p-values, exact (all rank permutations) for at most 8 points. The pooled "
-                     "points are not independent (the same base networks serve every cut point), so its p-value is "
-                     "optimistic.\n")
-        lines.append(_table(["score", "pooled: rho (p, points)", "per-n means: rho (p, cut points)"], crow))
+        crow = [[r.label, _rho_interval(r), _rho(r.rho_means, r.p_means, r.cut_points)] for r in corr.itertuples()]
+        lines.append("Spearman rank correlation with the measured AnB test top-1 across cut points "
+                     "(scipy.stats.spearmanr): within each replicate (score and measured accuracy averaged over its "
+                     "two directions, which share its base networks), then the mean over replicates with a 95% "
+                     "Student-t interval over replicates, truncated to [-1, 1]; and between the per-n means (the "
+                     "shape of the curve), with a two-sided p-value, exact (all rank permutations) for at most 8 "
+                     "cut points.\n")
+        lines.append(_table(["score", "per replicate: mean rho [95% CI] (replicates)",
+                             "per-n means: rho (p, cut points)"], crow))
         if int(corr["cut_points"].max()) < 5:
             lines.append(f"With {int(corr['cut_points'].max())} cut points a rank correlation of the means is coarse "
                          "(few possible values); read it as a sign, not a measurement.\n")
     return Section("Predicting the curve without training", "\n".join(lines))
+
+
+def _rho_interval(r) -> str:
+    if not math.isfinite(r.rho):
+        return f"\u2014 ({r.replicates} replicates; undefined)"
+    if not math.isfinite(r.rho_low):
+        return f"{r.rho:+.2f} ({r.replicates} replicate, no interval)"
+    return f"{r.rho:+.2f} [{r.rho_low:+.2f}, {r.rho_high:+.2f}] ({r.replicates})"
 
 
 def _rho(rho: float, p: float, count: int) -> str:
@@ -330,20 +333,21 @@ def _sizes_section(frame: pd.DataFrame, records: list[dict], out: Path, title: s
     def size(r: rec.Recommendation) -> str:
         return r.size_label if r.size_label.endswith("per class") else f"{r.size_label} ({r.per_class:.0f} per class)"
 
-    rows = [[size(r), r.best, _cell(r.mean, r.ci_low, r.ci_high, r.count),
-             interval(r.vs_scratch, r.vs_low, r.vs_high, r.pairs) if r.best != "train from scratch" else "\u2014",
+    rows = [[size(r), r.best, _cell(r.mean, r.ci_low, r.ci_high, r.replicates, r.networks),
+             interval(r.vs_scratch, r.vs_low, r.vs_high, r.vs_replicates) if r.best != "train from scratch" else "\u2014",
              r.verdict, ", ".join(r.indistinguishable) or "none"] for r in recs]
     lines = [
         ("At each amount of target training data (the full study is the full size): test top-1 of a base network "
          "trained from scratch on that data, of AnB (copied layers frozen) and of AnB+ (fine-tuned), both directions "
-         "pooled.\n"),
+         "averaged within each replicate.\n"),
         ("![Test top-1 against training images per class, frozen and fine-tuned transfer at each cut point against "
          "training from scratch](target_sizes.png)\n"),
-        _table(["target size", "best (highest mean)", "test top-1 [95% CI] (networks)",
+        _table(["target size", "best (highest mean)", "test top-1 [95% CI] (replicates, networks)",
                 "margin over scratch, paired [95% CI]", "against scratch", "not distinguishable from the best"],
                rows, align=":--"),
-        ("The margin is paired by replicate and target. \"Not distinguishable from the best\": alternatives whose "
-         "paired difference to the best has a 95% CI including 0 (or fewer than 2 pairs). The best is chosen on the "
+        ("The margin is paired by replicate and target; every interval is over replicates (the mean of the two "
+         "directions of each). \"Not distinguishable from the best\": alternatives whose "
+         "paired difference to the best has a 95% CI including 0 (or fewer than 2 replicates). The best is chosen on the "
          "same test accuracies, so its margin is optimistic when candidates are close. All cells in "
          "[target_sizes.csv](target_sizes.csv).\n"),
     ]
@@ -469,9 +473,10 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
             analysis.comparison = compare_studies(compare, store.root)
             c = analysis.comparison
             return Section("Comparison with another study",
-                           f"Frozen transfer, AnB - base (paired within each study), per cut point: study a = "
-                           f"{c.label_a}, study b = {c.label_b} (this one). The difference is b - a with a Welch 95% "
-                           f"CI (the studies' networks are independent).\n\n{c.markdown()}\n{c.sentence()}\n")
+                           f"Frozen transfer, AnB - base (paired within each study, one value per replicate), per "
+                           f"cut point: study a = {c.label_a}, study b = {c.label_b} (this one). The difference is "
+                           "b - a with a Welch 95% CI over the replicates of each study (the studies' networks are "
+                           f"independent).\n\n{c.markdown()}\n{c.sentence()}\n")
         attempt("comparison", comparison)
     try:
         analysis.reading = reading(done, analysis.convergence, analysis.comparison) if len(done) else []
