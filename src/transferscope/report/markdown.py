@@ -159,7 +159,7 @@ def _study_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[int, ..
     if missing:
         lines.append(f"- Cut points without finished runs: {', '.join(map(str, missing))}")
     lines.append(
-        "\nBoth directions are pooled by role and shown under the paper's labels: base covers "
+        "\nBoth directions are shown under the paper's labels, averaged within each replicate: base covers "
         "baseA and baseB; BnB covers BnB and AnA (selffer, frozen); BnB+ covers BnB+ and AnA+; "
         "AnB covers AnB and BnA (transfer, frozen); AnB+ covers AnB+ and BnA+; random covers "
         "randomA and randomB (first n layers left at their random initialisation, frozen)."
@@ -186,7 +186,8 @@ def _metric_section(meta: ReportMeta) -> str:
 def _decomposition_section() -> str:
     lines = [
         "## Decomposition\n",
-        "Each quantity is the mean of differences paired by replicate and target task.\n",
+        "Each quantity is a difference paired by replicate and target task, averaged over the two directions "
+        "of each replicate, then summarised over replicates.\n",
     ]
     for name, text in _DECOMPOSITION_TEXT.items():
         lines.append(f"- **{row_label('decomposition', name)}**: {text}")

@@ -18,8 +18,8 @@ Tables carry both counts: ``replicates`` (the n of the interval) and ``networks`
 it). With two replicates the t multiplier is 12.7 (one degree of freedom), so intervals are wide by
 construction: :func:`width_note` says so in words.
 
-Directions are pooled by role (BnB and AnA are both "selffer", AnB and BnA are both "transfer",
-...) and labelled with the paper's names via :data:`ROLE_LABELS`. Only runs with
+Directions share a role (BnB and AnA are both "selffer", AnB and BnA are both "transfer",
+...), labelled with the paper's names via :data:`ROLE_LABELS`. Only runs with
 ``status == "done"`` and a finite metric enter any statistic. Every function takes ``by``: extra
 columns (for example a study name) whose groups are summarised separately in one call.
 """
