@@ -27,6 +27,7 @@ def test_one_worker_and_two_workers_give_identical_records(tmp_path):
     one = run_study(load_config(None, [*STUDY, "execution.workers=1"]), tmp_path / "one", progress=False, report=False)
     two = run_study(load_config(None, [*STUDY, "execution.workers=2"]), tmp_path / "two", progress=False, report=False)
     assert len(one.frame) == 2 + 2 * 2 * 5
+    # exact: the same kernels with the same thread count (execution.threads) in every worker
     assert table(tmp_path / "one").equals(table(tmp_path / "two"))
     for key in ("r0-AnB-n2", "r0-baseA", "r0-BnA+-n1"):
         a = json.loads((tmp_path / "one" / "runs" / f"{key}.json").read_text())["history"]

@@ -27,6 +27,12 @@ def frames(tmp_path, extra):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cached_equals_naive_without_augmentation(tmp_path, precision):
     f = frames(tmp_path, ["train.augment=false", f"train.precision={precision}"])
+    # not one code path: the cached prefix runs on chunks of 512 images, the naive one on each
+    # training batch. Equal bit for bit because an image's conv/linear outputs do not depend on the
+    # batch it is in: true of oneDNN's AVX-512 bf16, AVX-512, AVX2 and SSE4.1 kernels
+    # (ONEDNN_MAX_CPU_ISA) with MKL's default or SSE4.2 ones, and of the AMX machine of
+    # docs/performance.md. A kernel whose reduction order depended on the batch size would break
+    # features.py's promise, which this test guards; no tolerance would be the right fix.
     cols = ["key", "status", "test_top1", "val_top1", "val_best_k_mean", "trainable_params"]
     assert f["cached"][cols].equals(f["recompute"][cols])
     for key in ("r0-AnB-n2", "r0-randomA-n3", "r0-BnB-n1"):
@@ -66,6 +72,9 @@ def test_memory_limit_bounds_the_views(tiny_study):
     f2 = bank.at(2)
     with torch.no_grad():
         net.eval()
+        # val (179 images) is one chunk, so the same kernel on the same tensor: equal in practice;
+        # rtol 1e-5 + atol 1e-6 (about 100 float32 ulps at these magnitudes, below 1) would admit
+        # another chunking's order of float32 sums
         assert torch.allclose(f2.val, net.blocks[1](f1.val), atol=1e-6)
     with pytest.raises(ValueError, match="cannot go back"):
         bank.at(1)

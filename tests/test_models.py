@@ -242,7 +242,12 @@ def test_blocks_compute_what_torchvision_computes(arch, make, size):
     assert sum(p.numel() for b in net.blocks for p in b.parameters()) == sum(p.numel() for p in model.parameters())
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        assert torch.allclose(net(x), model(x), rtol=1e-5, atol=1e-6)
+        got, want = net(x), model(x)
+    # the blocks call torchvision's own modules in its order, so the same kernels run on the same
+    # tensors: bit-identical on every kernel tried (oneDNN AVX-512 bf16, AVX-512, AVX2, SSE4.1; MKL
+    # AVX2 and compatible mode). The tolerance only admits a split that reorders float32 work (a few
+    # ulps per layer), relative to the outputs' scale: mobilenet's logits here are about 5e-8.
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
 
 
 def test_a_network_of_your_own(monkeypatch):
