@@ -65,6 +65,8 @@ def test_cka_invariant_to_orthogonal_transform_isotropic_scaling_and_shift() -> 
     q, _ = torch.linalg.qr(torch.randn(7, 7, generator=_rng(2), dtype=torch.float64))
     ref = linear_cka(x, y)
     assert 0.2 < ref < 0.95  # related, not identical: a meaningful value to preserve
+    # float64; the shift costs most: Gram entries of 200 against a centred spread of 12, so HSIC's
+    # terms cancel and 4e-13 is left, on every OpenBLAS/MKL kernel tried; 1e-10 is a margin
     assert linear_cka(x, y @ q) == pytest.approx(ref, abs=1e-10)
     assert linear_cka(x * 37.5, y) == pytest.approx(ref, abs=1e-10)
     assert linear_cka(x, y * 1e-3) == pytest.approx(ref, abs=1e-10)
@@ -90,6 +92,7 @@ def _hsic_u_statistic(k: np.ndarray, l: np.ndarray) -> float:
 def test_unbiased_hsic_equals_the_u_statistic(n: int) -> None:
     x, y = _pair(n, seed=n)
     k, l = gram_linear(x), gram_linear(y)
+    # float64 on 4-7 images: 2e-16 relative on every kernel tried; rel 1e-10 is a margin
     assert hsic_unbiased(k, l) == pytest.approx(_hsic_u_statistic(k.numpy(), l.numpy()), rel=1e-10, abs=1e-12)
 
 
@@ -114,6 +117,8 @@ def test_minibatch_cka_with_one_batch_is_the_single_batch_value() -> None:
     acc = MinibatchCKA(2, 2)
     acc.update([x, x**2], [y, x])
     values = acc.value()
+    # the same float64 HSIC formula, on Gram stacks of 2 instead of 1 (another matmul shape): 0 here,
+    # 3e-16 with MKL_CBWR=COMPATIBLE; 1e-12 is a margin
     assert values[0, 0] == pytest.approx(linear_cka(x, y), abs=1e-12)
     assert values[0, 1] == pytest.approx(1.0, abs=1e-12)
     assert values[1, 0] == pytest.approx(linear_cka(x**2, y), abs=1e-12)
@@ -296,6 +301,8 @@ def test_logme_invariant_to_rotation_scaling_and_image_order() -> None:
     f = rng.normal(size=(120, 10)) + labels[:, None] * rng.normal(size=10)
     q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
     ref = logme(f, labels)
+    # the evidence is well-conditioned in the spectrum (cond(F'F) = 29 here) and the maximiser
+    # has no kernel-dependent course: 2e-16 apart on every kernel tried; the bounds are margins
     assert logme(f @ q, labels) == pytest.approx(ref, abs=1e-7)
     assert logme(f * 250.0, labels) == pytest.approx(ref, abs=1e-7)
     perm = rng.permutation(120)
@@ -313,6 +320,8 @@ def test_h_score_reference_values() -> None:
     # one-hot features carry all the label information: H = tr(cov^+ cov) = rank = K - 1
     labels = np.random.default_rng(2).integers(0, 4, 200)
     onehot = np.eye(4)[labels]
+    # float64; the covariance's null direction (about 1e-16) is far below pinv's cut (1e-10 of the
+    # largest eigenvalue), so 3e-15 is left on every kernel tried, here and for the formula below
     assert h_score(onehot, labels, shrinkage=False) == pytest.approx(3.0, abs=1e-9)
     # the direct formula, written out
     rng = np.random.default_rng(3)
