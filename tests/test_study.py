@@ -194,3 +194,17 @@ def test_a_study_grows_in_place_and_keeps_what_it_recorded(tmp_path):
     assert len(res.frame) == 2 + 2 * 5
     assert all((tmp_path / "runs" / name).read_bytes() == data for name, data in before.items())
     assert load_config(tmp_path / "config.toml") == full  # the saved configuration follows the plan
+
+
+def test_longer_reduced_data_runs_do_not_make_a_short_study_look_assessed():
+    """Under the "steps" budget a reduced-data base network trains for many more epochs than the
+    study's 2: its curve must not stand in for the full-data networks' convergence check."""
+    from transferscope.analysis.convergence import check_convergence
+
+    def base(key, size, epochs):
+        return {"key": key, "role": "base", "status": "done", "replicate": 0, "target": "B", "target_size": size,
+                "history": [{"val_top1": 0.5 + 0.01 * e} for e in range(epochs)]}
+
+    c = check_convergence([base("r0-baseB", None, 2), base("r0-baseB-s25pct", 0.25, 14)], epochs=2)
+    assert not c.assessable
+    assert check_convergence([base("r0-baseB", None, 3)], epochs=3).assessable

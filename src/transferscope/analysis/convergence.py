@@ -74,7 +74,11 @@ class Convergence:
 
     @property
     def assessable(self) -> bool:
-        return bool(self.networks["slope"].notna().any()) if len(self.networks) else False
+        """Whether a base network trained on all of its data has a tail slope (3 epochs or more).
+        Reduced-data networks do not count: with ``treatments.size_budget = "steps"`` they train
+        for more epochs than ``train.epochs``, and they say nothing about the study's budget."""
+        full = self.networks.loc[self.networks["target_size"].isna()]
+        return bool(full["slope"].notna().any())
 
     @property
     def suggested_epochs(self) -> int | None:
