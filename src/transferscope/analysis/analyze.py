@@ -240,7 +240,7 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
     lines = [
         ("Scores of the frozen features an AnB network gets (layer n of the source base network, on the target "
          "task's images), computed from the base networks alone in "
-         f"{seconds:.1f} s of scoring: LogME (You et al. 2021; evidence maximisation by fixed-point updates on the "
+         f"{seconds:.1f} s of scoring: LogME (You et al. 2021; the evidence's largest maximum, found on the "
          "feature spectrum), H-score (Bao et al. 2019, Ledoit-Wolf-shrunk covariance) on the training images, and a "
          "ridge linear probe (ridge chosen on the validation images, top-1 on the test images). Features: the "
          f"layer's output flattened when it has at most {est.max_features} values per image, otherwise conv maps "

@@ -114,12 +114,13 @@ def maximize_evidence(spectrum: Spectrum, y: np.ndarray, *, step: float = 0.25,
     ``log(alpha/beta)`` on a grid of ``step`` from 1e-12 below the smallest to 1e12 above the
     largest squared singular value; the ``refine`` best local maxima of the grid are polished by
     Brent's method. (The evidence's features in ``log(alpha/beta)`` are a unit or more wide: on 3800
-    random spectra, a step of 1 found the same maximum as one of 0.005.) Unlike MacKay's fixed-point updates (the original LogME's), this finds the
-    largest of several local maxima, and it has no iteration whose course rounding can change: the
-    fixed point walks toward a limit in steps whose size and stopping point depended on the last
-    bits of ``N - gamma`` and ``|y|^2 - |U'y|^2``, so on the same data (13 x 30 Gaussian features)
-    OpenBLAS's SkylakeX kernels stopped near ``beta -> inf`` and its Haswell ones fell back toward
-    ``alpha -> inf``, 0.22 apart per image."""
+    random spectra and targets, a step of 1 found the same maximum as one of 0.005.) Unlike MacKay's
+    fixed-point updates (the original LogME's), this finds the largest of several local maxima, and
+    it has no iteration whose course rounding can change: the fixed point walks toward a limit in
+    steps whose size and stopping point depended on the last bits of ``N - gamma`` and
+    ``|y|^2 - |U'y|^2``, so on the same data (13 x 30 Gaussian features) OpenBLAS's SkylakeX kernels
+    stopped near ``beta -> inf`` and its Haswell ones fell back toward ``alpha -> inf``, 0.22 apart
+    per image."""
     from scipy.optimize import minimize_scalar
 
     s, n = spectrum.sigma2, spectrum.n
