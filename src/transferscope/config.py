@@ -105,7 +105,7 @@ class TreatmentConfig(_Section):
     names: tuple[Literal["base", "BnB", "BnB+", "AnB", "AnB+", "random"], ...] = TREATMENTS
     cut_points: tuple[int, ...] | Literal["all"] = "all"
     targets: tuple[Literal["A", "B"], ...] = ("B", "A")
-    replicates: int = Field(3, ge=1)
+    replicates: int = Field(5, ge=1)
     #: freeze or fine-tune, by target size: repeat the transfer treatments (AnB, AnB+) and a base
     #: network from scratch with less target training data, each size a fraction of every class's
     #: training images (0.05) or a number of images per class (10)
