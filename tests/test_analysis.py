@@ -459,6 +459,9 @@ def test_reading_states_supported_claims_only() -> None:
     assert f"Averaged over the cut points (one value per replicate): {GAIN + mean_noise:+.3f} [" in text
     assert "The data cannot tell whether the frozen selffer beats its base at n = 1" in text
     assert "does not" not in text
+    assert "**Few replicates.** With 3 replicates a 95% interval spans +-4.3 standard errors" in text
+    two = "\n".join(reading(_frame(replicates=2)))
+    assert "**Few replicates.** With 2 replicates a 95% interval spans +-12.7 standard errors" in two
     # one replicate per direction only: no interval anywhere, so no significance claim
     one = "\n".join(reading(_frame(replicates=1).query("target == 'B'")))
     assert "significant" not in one.replace("not significantly", "")

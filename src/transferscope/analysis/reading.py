@@ -38,6 +38,7 @@ from transferscope.report.stats import (
     relative,
     replicates_needed,
     t_pvalue,
+    width_note,
 )
 
 #: a claim is significant when its (Holm-adjusted, where it scans cut points) p-value is below this
@@ -260,6 +261,8 @@ def reading(df: pd.DataFrame, convergence=None, comparison: Comparison | None = 
         out.append("With one replicate there are no confidence intervals, so the data cannot tell any of these "
                    "differences from zero; run more replicates (`treatments.replicates`, 5 or more) before drawing "
                    "conclusions.")
+    elif note := width_note(rel["replicates"]):
+        out.append(f"**Few replicates.** {note}")
     return out
 
 

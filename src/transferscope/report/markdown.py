@@ -21,7 +21,6 @@ from transferscope.report.stats import (
 )
 from transferscope.report.tables import (
     MISSING_CELL,
-    TABLE_LEGEND,
     row_label,
     write_tables,
 )
@@ -90,7 +89,7 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
     cut_points = observed_cut_points(done, meta.cut_points)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_figures(done, out_dir, meta.title, cut_points)
-    csv_path, md_path, table = write_tables(done, out_dir, cut_points)
+    csv_path, md_path, table, legend = write_tables(done, out_dir, cut_points)
 
     sections = [
         f"# Transferability of features: {meta.dataset}\n",
@@ -100,7 +99,7 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
         ("## Figures\n\n"
          "![Fig. 2: top-1 accuracy per network and mean per treatment](fig2.png)\n\n"
          "![Fig. 3: top-1 accuracy relative to base, paired](fig3.png)\n"),
-        (f"## Per-layer table\n\n{TABLE_LEGEND} Also as [{md_path.name}]({md_path.name}) and "
+        (f"## Per-layer table\n\n{legend} Also as [{md_path.name}]({md_path.name}) and "
          f"[{csv_path.name}]({csv_path.name}).\n\n{table}"),
         _decomposition_section(),
         *([s.markdown() for s in analysis.sections] if analysis is not None else []),

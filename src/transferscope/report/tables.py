@@ -107,17 +107,20 @@ def layers_markdown(table: pd.DataFrame, cut_points: Sequence[int] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def legend(table: pd.DataFrame) -> str:
+    """:data:`TABLE_LEGEND`, and a plain sentence when few replicates make the intervals wide."""
+    note = width_note(table["replicates"]) if len(table) else ""
+    return f"{TABLE_LEGEND} {note}" if note else TABLE_LEGEND
+
+
 def write_tables(
     df: pd.DataFrame, out_dir: Path, cut_points: Sequence[int] = ()
-) -> tuple[Path, Path, str]:
-    """Write ``layers.csv`` and ``layers.md``; return their paths and the Markdown table."""
+) -> tuple[Path, Path, str, str]:
+    """Write ``layers.csv`` and ``layers.md``; return their paths, the Markdown table and its
+    legend."""
     table = layer_table(df, cut_points)
-    markdown = layers_markdown(table, cut_points)
+    markdown, text = layers_markdown(table, cut_points), legend(table)
     csv_path, md_path = out_dir / "layers.csv", out_dir / "layers.md"
     table.to_csv(csv_path, index=False)
-    note = width_note(table["replicates"])
-    md_path.write_text(
-        f"# Per-layer results (test top-1)\n\n{TABLE_LEGEND}" + (f" {note}" if note else "") + f"\n\n{markdown}",
-        encoding="utf-8",
-    )
-    return csv_path, md_path, markdown
+    md_path.write_text(f"# Per-layer results (test top-1)\n\n{text}\n\n{markdown}", encoding="utf-8")
+    return csv_path, md_path, markdown, text
