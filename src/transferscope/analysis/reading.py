@@ -157,10 +157,10 @@ def _coadaptation(rel: pd.DataFrame) -> str | None:
     sign = int(top["sign"])
     if top["mean"] <= 0:
         verdict = "significantly below zero, so BnB beats its base there" if sign < 0 else cannot_tell(top)
-        return (f"**Co-adaptation** (base - BnB): no cut point has a positive mean; the largest is at n = {n}: "
-                f"{stats}; {verdict} ({_family(rows)}).")
+        return (f"**Co-adaptation** (base - BnB; {_family(rows)}): no cut point has a positive mean; the largest "
+                f"is at n = {n}: {stats}; {verdict}.")
     verdict = "significant" if sign > 0 else cannot_tell(top)
-    return f"**Co-adaptation** (base - BnB) costs most at n = {n}: {stats}; {verdict} ({_family(rows)})."
+    return f"**Co-adaptation** (base - BnB; {_family(rows)}) costs most at n = {n}: {stats}; {verdict}."
 
 
 def _by_sign(rows: pd.DataFrame) -> dict[int, list[int]]:
