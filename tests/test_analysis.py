@@ -493,6 +493,10 @@ def test_reading_says_when_the_data_cannot_tell() -> None:
     text = "\n".join(reading(frame))
     assert "The data cannot tell whether the frozen selffer beats its base at n = 1" in text
     assert "would need about" in text and "replicates for its interval to exclude zero" in text
+    # AnB better than BnB at n = 3: no specificity anywhere, and negative where it is significant
+    text = reading(_frame({1: 0.0, 2: 0.0, 3: -0.05, 4: 0.0}))[0]
+    assert text.startswith("**Specificity** (BnB - AnB, paired): no cut point shows it significantly above zero")
+    assert "it is significantly below zero at n = 3" in text and "cannot tell it from zero at any" not in text
 
 
 def test_score_correlations_are_per_replicate() -> None:

@@ -106,7 +106,8 @@ def _uncorrected(rows: pd.DataFrame) -> str:
 
 
 def cannot_tell(row: pd.Series) -> str:
-    """``the data cannot tell it from zero; about 7 replicates would tell a difference this size``."""
+    """Why an interval that includes zero says nothing either way, and, where the replicates have a
+    spread, how many replicates would make a difference of the observed size exclude zero."""
     replicates = int(row["replicates"])
     if replicates < 2:
         return "one replicate gives no interval, so the data cannot tell; run at least 3 (`treatments.replicates`)"
@@ -131,7 +132,7 @@ def _specificity(rel: pd.DataFrame) -> str | None:
     tail = f"; it is significantly below zero at n = {_ns(negative)}" if negative else ""
     if sig.empty:
         top = rows.loc[rows["mean"].idxmax()]
-        return (f"**Specificity** (BnB - AnB, paired): the data cannot tell it from zero at any cut point "
+        return (f"**Specificity** (BnB - AnB, paired): no cut point shows it significantly above zero "
                 f"({_family(rows)}){_uncorrected(rows)}{tail}. Its largest mean is at n = {int(top['n'])}: "
                 f"{_stats(top)}; {cannot_tell(top)}.")
     first = sig.iloc[0]
