@@ -182,8 +182,9 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
         (f"Linear CKA between layer outputs on the target task's test images (at most {sim.images} per task), with "
          f"the unbiased HSIC estimator (Song et al. 2012) averaged over random minibatches of about {sim.batch_size} "
          "images (Nguyen et al. 2021). 1: the same representation up to rotation and scale; near 0: unrelated. "
-         "Layer outputs are flattened. Mean [95% CI over replicates] (replicates, values): each replicate counts once, "
-         "as the mean over its two targets' images and directions.\n"),
+         "Layer outputs are flattened. Cells: mean [95% CI over replicates] (replicates, values behind them: for "
+         "baseA vs baseB one per target task's images, for fine-tuned networks one per network); each replicate "
+         "counts once, as the mean over its two targets' images and directions.\n"),
         ("![CKA per layer: baseA vs baseB, and each fine-tuned network vs the base it copied from (filled markers: "
          "copied layers; open: re-initialised)](cka_layers.png)\n"),
         ("![Layer-by-layer CKA: baseA vs baseB (every pair of layers), and fine-tuned networks vs their source at "
