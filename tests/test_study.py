@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from transferscope import load_config, load_results, run_study
 from transferscope.models import create_model
 from transferscope.seeds import derive_seed
+from transferscope.store import Store
 from transferscope.study import Study
 
 from conftest import TINY
@@ -83,6 +84,37 @@ def test_diverged_bases_skip_their_dependants_and_the_study_goes_on(tmp_path):
     rec = json.loads((tmp_path / "runs" / "r0-AnB-n1.json").read_text())
     assert rec["error"] == "source network r0-baseA is diverged"
     assert json.loads((tmp_path / "runs" / "r0-baseA.json").read_text())["diverged_epoch"] >= 1
+    # divergence is deterministic: a rerun neither retrains the bases nor retries their dependants
+    again = run_study(cfg, tmp_path, progress=False, report=False)
+    assert dict(zip(again.frame["key"], again.frame["status"])) == st
+    assert json.loads((tmp_path / "runs" / "r0-AnB-n1.json").read_text()) == rec
+
+
+def test_a_rerun_heals_runs_stranded_by_a_failed_source(tmp_path, capsys):
+    """A base recorded failed (as when the OOM killer takes its worker three times) leaves its
+    dependants skipped; the same command again retrains the base and then every dependant, to the
+    records an uninterrupted study gives."""
+    from transferscope.runner import make_record
+
+    cfg = load_config(None, [*TINY, "treatments.cut_points=[1]", 'treatments.targets=["B"]'])
+    whole = run_study(cfg, tmp_path / "whole", progress=False, report=False).frame.set_index("key")
+    out = tmp_path / "healed"
+    run_study(cfg, out, progress=False, report=False)
+    study = Study.prepare(cfg)
+    specs = {s.key: s for s in study.plan}
+    stranded = sorted(k for k, s in specs.items() if s.depends_on == "r0-baseA")
+    assert stranded  # AnB and AnB+ copy baseA
+    store = Store(out)
+    store.record(make_record(study, specs["r0-baseA"], status="failed",
+                             error="worker process died 3 times (exit code -9)"))
+    store.weights_path("r0-baseA").unlink()
+    for key in stranded:
+        store.record(make_record(study, specs[key], status="skipped", error="source network r0-baseA is failed"))
+
+    healed = run_study(cfg, out, progress=True, report=False).frame.set_index("key")
+    assert f"retrying {1 + len(stranded)} run(s)" in capsys.readouterr().err
+    assert (healed["status"] == "done").all()
+    assert healed.loc[whole.index, "test_top1"].tolist() == whole["test_top1"].tolist()  # deterministic
 
 
 def test_report_written(small_study):

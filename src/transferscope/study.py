@@ -163,15 +163,22 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
     store.save_splits({r: study.split(r).to_dict() for r in range(config.treatments.replicates)})
 
     recorded = {r["key"]: r["status"] for r in store.records()}
-    finished = {k for k, st in recorded.items() if st != "failed"}
+    sources = {s.key: s.depends_on for s in study.plan}
+    # a failed run is retried; a skipped one where its source is retried or done by now (a diverged
+    # source is deterministic: its dependants stay skipped)
+    finished = {k for k, st in recorded.items() if st != "failed"
+                and not (st == "skipped" and recorded.get(sources.get(k)) in ("failed", "done"))}
     pending = [s for s in study.plan if s.key not in finished]
+    retried = sum(s.key in recorded for s in pending)
     epochs = {s.key: study.budget(s).epochs for s in pending}  # more than train.epochs on reduced data
     bar = Progress(len(pending), sum(epochs.values()), enabled=progress)
     bar.message(study.describe())
     if finished:
         bar.message(f"resuming {store.root}: {len(finished)} of {len(study.plan)} runs already recorded, skipped")
+    if retried:
+        bar.message(f"retrying {retried} run(s) recorded as failed, or skipped because their source network was")
 
-    status = dict(recorded)
+    status = {k: st for k, st in recorded.items() if k in finished}  # a retried source is not settled yet
     waiting = group_jobs(pending, shares_frozen_features(config))
     submitted: dict[str, Job] = {}
     recorded_now: set[str] = set()
