@@ -466,7 +466,7 @@ def test_reading_states_supported_claims_only() -> None:
     # one replicate per direction only: no interval anywhere, so no significance claim
     one = "\n".join(reading(_frame(replicates=1).query("target == 'B'")))
     assert "significant" not in one.replace("not significantly", "")
-    assert "no confidence intervals" in one
+    assert "**No confidence intervals.**" in one
 
 
 def test_reading_flags_head_start() -> None:
@@ -652,26 +652,32 @@ def test_estimate_needs_base_weights(tmp_path) -> None:
     from transferscope.store import Store
 
     store = Store(tmp_path / "empty")
-    store.init(load_config(None, TINY))
+    store.init(load_config(None, TINY), {}, [])
     with pytest.raises(UserError, match="train the base networks first"):
         estimate(store)
     shutil.rmtree(tmp_path / "empty")
 
 
-def test_analysis_without_weights_or_runs_degrades_gracefully(tiny_study_dir, tmp_path) -> None:
+def test_analysis_without_weights_or_runs_degrades_gracefully(tiny_study_dir, tmp_path, capsys) -> None:
     import shutil
 
     from transferscope.analysis import analyze_study
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_study_dir, copy, ignore=shutil.ignore_patterns("weights", "report"))
-    with pytest.warns(UserWarning, match="estimate"):
-        a = analyze_study(copy)
+    a = analyze_study(copy)
     titles = [s.title for s in a.sections]
     assert "Was the study trained long enough?" in titles and "Freeze or fine-tune, by target size" in titles
     assert any("estimate: not computed (UserError" in n for n in a.notes)
+    # a condition, not a fault: one line on the terminal, nothing in errors.log
+    err = capsys.readouterr().err
+    assert "transferscope analysis 'estimate' not computed: UserError:" in err and "Traceback" not in err
+    assert not (copy / "errors.log").exists()
     cka = next(s for s in a.sections if s.title == "Representation similarity (CKA)")
-    assert "No base network weights" in cka.body
+    assert "Not computed: no replicate has the weights of both its base networks" in cka.body
+    assert "replicate 1: r1-baseA is done but its weights file weights/r1-baseA.safetensors is missing" in cka.body
+    filters = next(s for s in a.sections if s.title == "First-layer filters")
+    assert filters.body.startswith("No filters to show: neither base network of replicate 0 has weights")
     shutil.rmtree(copy / "runs")
     empty = analyze_study(copy, out_dir=copy / "fresh-report")
     assert empty.sections == [] and not (copy / "fresh-report").exists()
@@ -701,3 +707,168 @@ def test_report_with_analysis(tiny_study_dir, tiny_analysis) -> None:
         assert heading in text, heading
     assert text.index("## Reading") < text.index("## Figures")
     assert (tiny_study_dir / "report" / "report.html").stat().st_size > 100_000
+
+
+# ------------------------------------------------------- a study whose data or networks are gone
+
+
+def _folder_study(tmp_path, replicates: int = 1):
+    """A tiny study on an image folder of 4 classes x 12 RGB 8x8 images in ``tmp_path``: (study
+    directory, image folder)."""
+    from PIL import Image
+
+    from transferscope.config import load_config
+    from transferscope.study import run_study
+
+    torch.set_num_threads(1)
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (images / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            pixels = (rng.integers(0, 60, (8, 8, 3)) + 50 * c).astype(np.uint8)
+            Image.fromarray(pixels).save(images / f"class{c}" / f"{i:02d}.png")
+    config = load_config(None, ["data.dataset=imagefolder", f"data.root={images}", f"data.cache_dir={tmp_path / 'cache'}",
+                                "train.epochs=2", f"treatments.replicates={replicates}", "treatments.cut_points=[1]",
+                                "model.options={widths=[4,8],fc=[8]}", "execution.workers=1", "train.batch_size=8"])
+    out = tmp_path / "study"
+    run_study(config, out, progress=False, report=False)
+    return out, images
+
+
+def _diverge(study, key: str) -> None:
+    """What a diverged base network leaves: its record says so, and it has no weights."""
+    import json
+
+    path = study / "runs" / f"{key}.json"
+    record = json.loads(path.read_text())
+    record.update(status="diverged", diverged_epoch=2, error="loss is nan")
+    path.write_text(json.dumps(record))
+    (study / "weights" / f"{key}.safetensors").unlink()
+
+
+def test_report_on_a_study_whose_dataset_is_gone(tmp_path) -> None:
+    """The dataset folder removed (a study copied to another machine): `report` exits 0 and writes
+    the report; CKA and the estimate, which need the images, say why they are missing; the sections
+    that need only weights and records are there."""
+    from typer.testing import CliRunner
+
+    from transferscope.cli import app
+
+    study, images = _folder_study(tmp_path)
+    images.rename(tmp_path / "moved")
+    result = CliRunner().invoke(app, ["report", str(study)])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "failed" not in result.output
+    text = (study / "report" / "report.md").read_text()
+    reason = f"the images are needed and the dataset cannot be loaded here: data.root: folder not found: {images}"
+    assert f"CKA: not computed: {reason}" in text
+    assert f"estimate: not computed: {reason}" in text
+    for heading in ("## Reading", "## Figures", "## Per-layer table", "## Was the study trained long enough?",
+                    "## First-layer filters", "## Freeze or fine-tune, by target size", "## Provenance"):
+        assert heading in text, heading
+    assert "## Representation similarity (CKA)" not in text and "## Predicting the curve" not in text
+    assert (study / "report" / "filters.png").stat().st_size > 0
+    assert (study / "report" / "report.html").is_file()
+
+
+def test_convergence_without_the_images_says_the_noise_floor_is_not_applied() -> None:
+    from transferscope.analysis.analyze import Analysis, _convergence_section
+
+    class NoImages:  # what Study.open gives where the dataset is gone
+        data, missing = None, "the dataset cannot be loaded here: data.root: folder not found: /gone"
+        config = type("C", (), {"train": type("T", (), {"epochs": 10, "schedule": "constant"})()})()
+
+        def task(self, *args):
+            raise AssertionError("the images are not there")
+
+    rising = [0.1 + 0.03 * i for i in range(10)]
+    records = [{"key": "r0-baseB", "replicate": 0, "target": "B", "role": "base", "status": "done",
+                "target_size": None, "history": [{"epoch": i + 1, "val_top1": v} for i, v in enumerate(rising)]}]
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as out:
+        analysis = Analysis()
+        section = _convergence_section(records, NoImages(), pd.DataFrame(), Path(out), "t", analysis)
+    assert ("The validation set sizes are not known here (they are counted from the dataset, and the dataset cannot "
+            "be loaded here: data.root: folder not found: /gone): the noise floor is not applied") in section.body
+    assert "**1 of 1 base networks was still improving" in section.body
+    frame = _frame(replicates=3)
+    text = "\n".join(reading(frame, analysis.convergence))
+    assert "not checked against noise: the validation set sizes are not known here" in text
+    assert "beyond noise" not in text
+
+
+def test_one_diverged_base_is_named_not_called_missing_weights(tmp_path) -> None:
+    """Replicate 0's baseA diverged (so it has no weights); baseB's weights are there. CKA names the
+    network and its status, per replicate, and compares replicate 1; the filters show baseB only,
+    and their caption names only what is drawn."""
+    from transferscope.analysis import analyze_study
+
+    study, _ = _folder_study(tmp_path, replicates=2)
+    _diverge(study, "r0-baseA")
+    a = analyze_study(study, estimate=False)
+    cka = next(s for s in a.sections if s.title == "Representation similarity (CKA)")
+    assert "No base network weights" not in cka.body
+    assert "Not compared (1 of 2 replicates)" in cka.body
+    assert "- replicate 0: r0-baseA diverged at epoch 2 (loss is nan), so it has no weights\n" in cka.body
+    assert "replicate 1" not in cka.body.split("Not compared")[1]
+    assert set(a.tables["cka_bases"]["replicate"]) == {1}
+    filters = next(s for s in a.sections if s.title == "First-layer filters")
+    assert "one row per base network shown (baseB, BnA+ n=1)" in filters.body
+    assert "![First-layer filters of baseB and of fine-tuned networks that copied layer 1 from baseB]" in filters.body
+    assert "Not shown: baseA: r0-baseA diverged at epoch 2 (loss is nan)." in filters.body
+    assert "baseA and baseB" not in filters.body and "AnB+" not in filters.body
+    # both bases of a replicate gone: CKA says which and why, for every replicate
+    _diverge(study, "r1-baseB")
+    a = analyze_study(study, cka=True, estimate=False)
+    cka = next(s for s in a.sections if s.title == "Representation similarity (CKA)")
+    assert cka.body.startswith("Not computed: no replicate has the weights of both its base networks.")
+    assert "- replicate 1: r1-baseB diverged at epoch 2 (loss is nan), so it has no weights" in cka.body
+
+
+def test_reading_counts_replicates_and_networks_per_cell() -> None:
+    """The paragraph on missing intervals follows the counts: one replicate with two directions
+    (two networks per cell, one value), one direction only (one network), and two replicates that
+    never share a cell."""
+    both = "\n".join(reading(_frame(replicates=1)))
+    assert ("Transfer runs have finished in one replicate only (replicate 0), so each cell has one replicate (up to 2 "
+            "networks per cell: the directions of a replicate share its split and base networks, so they give one "
+            "value, not 2)") in both
+    assert "one network per cell" not in both.lower() and "With one replicate there are" not in both
+    one = "\n".join(reading(_frame(replicates=1).query("target == 'B'")))
+    assert "so each cell has one replicate; an interval needs at least 2 replicates" in one
+    frame = _frame(replicates=2)
+    frame = frame.loc[(frame["role"] == "base") | (frame["n"] == frame["replicate"] + 1)]  # r0: n=1, r1: n=2
+    apart = "\n".join(reading(frame))
+    assert "Transfer runs have finished in 2 replicates, but each cell has values from only one of them" in apart
+    # two replicates per cell: intervals, and the note on their width instead
+    two = "\n".join(reading(_frame(replicates=2)))
+    assert "No confidence intervals" not in two and "**Few replicates.** With 2 replicates" in two
+
+
+def test_a_failed_analysis_is_one_line_with_its_traceback_in_errors_log(tiny_study_dir, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    import shutil
+
+    from transferscope.analysis import analyze_study
+    from transferscope.analysis import filters as filters_module
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_study_dir, copy, ignore=shutil.ignore_patterns("report"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("filters broke\nsecond line of the message")
+
+    monkeypatch.setattr(filters_module, "study_filters", broken)
+    a = analyze_study(copy, cka=False, estimate=False)
+    err = capsys.readouterr().err
+    assert err == (f"transferscope analysis 'filters' failed: RuntimeError: filters broke; traceback in "
+                   f"{copy / 'errors.log'}\n")
+    assert "filters: not computed (RuntimeError: filters broke; traceback in errors.log)" in a.notes
+    log = (copy / "errors.log").read_text()
+    assert "report:filters" in log and "Traceback (most recent call last)" in log and "in broken" in log
+    assert "second line of the message" in log
+    assert "First-layer filters" not in [s.title for s in a.sections]
+    assert "Freeze or fine-tune, by target size" in [s.title for s in a.sections]  # the others still run

@@ -6,16 +6,19 @@ similarity (CKA), transferability predicted without training (LogME, H-score, li
 first-layer filters, freeze or fine-tune by target size, an optional comparison with another
 study, and the provenance of the runs. Figures and CSV tables are written into ``out_dir``.
 
-An analysis that cannot run (missing weights, an architecture without a conv first layer, ...)
-leaves a note in the report instead of stopping it.
+An analysis that cannot run leaves a note in the report instead of stopping it: one that needs the
+images (CKA, the estimate) where the study was opened without its dataset (``study.data`` is None:
+moved, changed, or on another machine) says so and is skipped; sections that say what is missing
+(a base network without weights) name the network and its recorded status; an analysis that fails
+prints one line and appends its traceback to the study's errors.log.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 import traceback
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,9 +29,11 @@ import pandas as pd
 from transferscope.analysis import convergence as conv
 from transferscope.analysis import recommend as rec
 from transferscope.analysis.reading import Comparison, compare_studies, head_start, interval, reading, signed
+from transferscope.errors import UserError, one_line
 from transferscope.report.stats import done_runs, relative
 from transferscope.report.tables import format_cell as _cell
 from transferscope.store import Store
+from transferscope.treatments import base_key
 
 
 @dataclass(frozen=True)
@@ -85,10 +90,20 @@ def _records_classes(records: list[dict]) -> dict[tuple[int, str], int]:
     return out
 
 
+def _no_images(study) -> str:
+    """Why a study has no images, as a clause: "the dataset cannot be loaded here: ..."."""
+    missing = str(study.missing or "it was opened without them")
+    return missing if missing.startswith("the dataset") else f"the dataset is not available here ({missing})"
+
+
 # ------------------------------------------------------------------------------ convergence
 
 
-def _val_images(study, records: list[dict]) -> dict[tuple[int, str], int]:
+def _val_images(study, records: list[dict]) -> dict[tuple[int, str], int] | None:
+    """Validation images per (replicate, task) of the base networks, for the noise floor; None
+    where the study has no images (run records do not hold these counts)."""
+    if study.data is None:
+        return None
     tasks = {(int(r["replicate"]), str(r["target"])) for r in records if r.get("role") == "base"}
     return {t: len(study.task(*t).val) for t in tasks}
 
@@ -98,7 +113,8 @@ def _convergence_section(records: list[dict], study, done: pd.DataFrame, out: Pa
     from transferscope.report.analysis_figures import plot_convergence, save
 
     epochs, schedule = study.config.train.epochs, study.config.train.schedule
-    c = conv.check_convergence(records, epochs, val_images=_val_images(study, records))
+    val_images = _val_images(study, records)
+    c = conv.check_convergence(records, epochs, val_images=val_images)
     analysis.convergence = c
     analysis.tables["convergence"] = c.networks
     c.networks.to_csv(out / "convergence.csv", index=False)
@@ -110,13 +126,22 @@ def _convergence_section(records: list[dict], study, done: pd.DataFrame, out: Pa
              f"({c.threshold * 100:g} points per epoch) flags it as **still improving**, unless the rise it implies "
              "over the tail (slope x (k - 1)) is within the noise of one validation measurement (twice the binomial "
              "standard error, 2 sqrt(p(1-p)/n_val)): then it is *rising within noise*.\n"]
-    if not c.assessable:
+    if val_images is None and c.assessable:
+        lines.append("The validation set sizes are not known here (they are counted from the dataset, and "
+                     f"{_no_images(study)}): the noise floor is not applied, so a network flagged still improving may "
+                     "be rising within noise.\n")
+    if not c.assessable and full.empty:
+        lines.append("No base network trained on all of its data has finished: convergence cannot be assessed.\n")
+    elif not c.assessable and epochs < conv.MIN_TAIL:
         lines.append(f"With {epochs} epoch(s) per network there are fewer than 3 points to fit: convergence cannot "
                      "be assessed, and nothing shows that the base networks converged. Train for more epochs.\n")
+    elif not c.assessable:
+        lines.append("No finished base network trained on all of its data has 3 or more recorded epochs to fit: "
+                     "convergence cannot be assessed.\n")
     else:
         analysis.figures.append(save(plot_convergence(c.curves, c.networks, title), out / "convergence.png"))
-        lines.append("![Validation top-1 of every base network trained on all of its data, with the fitted tail "
-                     "slope (red: still improving)](convergence.png)\n")
+        lines.append("![Validation top-1 of each finished base network trained on all of its data, with the fitted "
+                     "tail slope (red: still improving)](convergence.png)\n")
         def verdict(r) -> str:
             return "**yes**" if r.still_improving else ("rising within noise" if r.slope_above else "no")
 
@@ -166,8 +191,10 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
 
     sim = study_similarity(store, study, frame, batch_size=batch_size, max_images=max_images)
     analysis.notes += [f"CKA: {n}" for n in sim.notes]
+    not_compared = "".join(f"- replicate {r}: {why}\n" for r, why in sim.skipped.items())
     if sim.bases.empty:
-        return Section("Representation similarity (CKA)", "No base network weights were found: nothing to compare.\n")
+        return Section("Representation similarity (CKA)", "Not computed: no replicate has the weights of both its "
+                       "base networks.\n\n" + not_compared)
     curve = base_curve(sim)
     ft = finetune_table(sim, "source")
     ft_target = finetune_table(sim, "target base")
@@ -178,13 +205,15 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
     heatmaps = plot_cka_heatmaps(base_matrix(sim), ft, sim.layer_names, title)
     analysis.figures.append(save(heatmaps, out / "cka_heatmap.png"))
     names = sim.layer_names
+    targets = study.config.treatments.targets
     lines = [
         (f"Linear CKA between layer outputs on the target task's test images (at most {sim.images} per task), with "
          f"the unbiased HSIC estimator (Song et al. 2012) averaged over random minibatches of about {sim.batch_size} "
          "images (Nguyen et al. 2021). 1: the same representation up to rotation and scale; near 0: unrelated. "
          "Layer outputs are flattened. Cells: mean [95% CI over replicates] (replicates, values behind them: for "
          "baseA vs baseB one per target task's images, for fine-tuned networks one per network); each replicate "
-         "counts once, as the mean over its two targets' images and directions.\n"),
+         + ("counts once, as the mean over its two targets' images and directions.\n" if len(targets) > 1 else
+            f"counts once (one target task here, {targets[0]}).\n")),
         ("![CKA per layer: baseA vs baseB, and each fine-tuned network vs the base it copied from (filled markers: "
          "copied layers; open: re-initialised)](cka_layers.png)\n"),
         ("![Layer-by-layer CKA: baseA vs baseB (every pair of layers), and fine-tuned networks vs their source at "
@@ -209,6 +238,9 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
                      "(columns); layers 1..n were copied, the rest re-initialised:\n")
         lines.append(_table(["", *[f"{la} {names[la - 1]}" for la in layers]], rows))
     lines.append("Every value per network in [cka.csv](cka.csv).\n")
+    if not_compared:
+        lines.append(f"Not compared ({len(sim.skipped)} of {len(sim.skipped) + sim.bases['replicate'].nunique()} "
+                     "replicates), for want of a base network's weights:\n\n" + not_compared)
     if len(curve):
         hi, lo = curve.loc[curve["mean"].idxmax()], curve.loc[curve["mean"].idxmin()]
         lines.append(f"baseA and baseB are most alike at layer {int(hi.layer)} ({names[int(hi.layer) - 1]}: "
@@ -248,7 +280,7 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
          "average-pooled to the largest square grid that fits (feature counts below). "
          "`transferscope estimate DIR` computes the same after training only the base networks.\n"),
         ("![Measured AnB test top-1 and each score against the cut point (mean and 95% CI over replicates, each "
-         "the mean of its two directions)](estimate.png)\n"),
+         "the mean of its directions)](estimate.png)\n"),
     ]
     agg = scores.groupby(["n", "layer"], as_index=False).agg(
         features=("features", "max"), logme=("logme", "mean"), h_score=("h_score", "mean"),
@@ -257,7 +289,11 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
     rows = [[f"{r.n} {r.layer}", str(r.features), f"{r.logme:.4f}", f"{r.h_score:.3f}", f"{r.probe:.3f}",
              f"{meas[r.n]:.3f}" if r.n in meas.index else "\u2014"] for r in agg.itertuples()]
     lines.append(_table(["n", "features", "LogME", "H-score", "probe top-1", "measured AnB top-1"], rows))
-    lines.append("Means over replicates and both directions; per network in [estimate.csv](estimate.csv).\n")
+    pairs = len(scores[["replicate", "target"]].drop_duplicates())
+    planned = study.config.treatments.replicates * len(study.config.treatments.targets)
+    lines.append(("Means over replicates and directions" if pairs == planned else
+                  f"Means over the {pairs} of {planned} (replicate, target) pairs scored (the notes say why the others "
+                  "are not)") + "; per network in [estimate.csv](estimate.csv).\n")
     if measured.empty:
         lines.append("No AnB run has finished yet, so the scores cannot be checked against measured transfer.\n")
     else:
@@ -270,9 +306,10 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
                      "cut points.\n")
         lines.append(_table(["score", "per replicate: mean rho [95% CI] (replicates)",
                              "per-n means: rho (p, cut points)"], crow))
-        if int(corr["cut_points"].max()) < 5:
-            lines.append(f"With {int(corr['cut_points'].max())} cut points a rank correlation of the means is coarse "
-                         "(few possible values); read it as a sign, not a measurement.\n")
+        if (points := int(corr["cut_points"].max())) < 5:
+            lines.append(f"With {points} cut point{'s' if points != 1 else ''} a rank correlation of the means is "
+                         + ("coarse (few possible values); read it as a sign, not a measurement.\n" if points >= 3
+                            else "undefined (it needs 3 or more).\n"))
     return Section("Predicting the curve without training", "\n".join(lines))
 
 
@@ -295,22 +332,48 @@ def _rho(rho: float, p: float, count: int) -> str:
 
 def _filters_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis) -> Section:
     from transferscope.analysis.filters import study_filters
+    from transferscope.analysis.networks import weights_absence
     from transferscope.report.analysis_figures import plot_filters, save
 
+    name = "First-layer filters"
+    absent = {t: weights_absence(store, frame, base_key(0, t)) for t in ("A", "B")}
     panels = study_filters(store, study, frame, replicate=0)
     if not panels:
-        return Section("First-layer filters", "Layer 1 of this architecture has no Conv2d (or no base network weights "
-                       "were recorded): no filters to show.\n")
+        if all(absent.values()):
+            return Section(name, "No filters to show: neither base network of replicate 0 has weights ("
+                           + "; ".join(str(w) for w in absent.values()) + ").\n")
+        return Section(name, "Layer 1 of this architecture has no Conv2d: no filters to show.\n")
     analysis.figures.append(save(plot_filters(panels, title + ", replicate 0"), out / "filters.png"))
-    changes = [p for p in panels if p.change is not None]
+    rows: list[list] = []  # as plot_filters draws them: a row per base network, then its fine-tuned networks
+    for panel in panels:
+        if panel.label.startswith("base") or not rows:
+            rows.append([])
+        rows[-1].append(panel)
+    drawn = "; ".join(", ".join(p.label.split(" (")[0] for p in row) for row in rows)
+    bases = [row[0].label for row in rows]
+    with_finetuned = [row[0].label for row in rows if len(row) > 1]
+    alt = (f"First-layer filters of {' and '.join(bases)}"
+           + (" and of fine-tuned networks that copied layer 1 from " + " and ".join(with_finetuned)
+              if with_finetuned else ""))
     text = ("The weights of the first Conv2d in layer 1, one tile per filter, each normalised to [0, 1] on its own "
-            "(colour for RGB input, grey otherwise). Replicate 0, one row per base network: the base network, then "
-            "the fine-tuned networks whose layer 1 was copied from it (at the smallest and largest cut point).\n\n"
-            "![First-layer filters of baseA and baseB and of fine-tuned networks that copied them](filters.png)\n")
+            f"(colour for RGB input, grey otherwise). Replicate 0, one row per base network shown ({drawn}): the base "
+            "network, then the fine-tuned transfers whose layer 1 was copied from it, at the smallest and largest cut "
+            "point whose network has weights.\n\n"
+            f"![{alt}](filters.png)\n")
+    missing = [f"base{t}: {why}" for t, why in absent.items() if why]
+    if missing:
+        text += "\nNot shown: " + "; ".join(missing) + ".\n"
+    lonely = [row[0].label for row in rows if len(row) == 1]
+    if lonely:
+        why = ("eval.save_weights = \"bases\" keeps no fine-tuned network"
+               if study.config.eval.save_weights == "bases"
+               else "no fine-tuned transfer that copied its layer 1 has finished with weights")
+        text += f"\nNo fine-tuned network is shown beside {' or '.join(lonely)}: {why}.\n"
+    changes = [p for p in panels if p.change is not None]
     if changes:
         text += ("\nRelative change of the filters by fine-tuning, |W - W_source| / |W_source|: "
                  + "; ".join(f"{p.label.split(' (')[0]}: {p.change:.1%}" for p in changes) + ".\n")
-    return Section("First-layer filters", text)
+    return Section(name, text)
 
 
 # ------------------------------------------------------------------------------ target sizes
@@ -419,6 +482,11 @@ def _provenance_section(store: Store, records: list[dict]) -> Section:
 # ------------------------------------------------------------------------------------- main
 
 
+def _say(line: str) -> None:
+    """One line on the terminal (stderr), as the data cache's messages."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | None = None, *,
                   compare: str | Path | None = None, cka: bool = True, estimate: bool = True,
                   cka_batch_size: int = 256, max_images: int = 2048, max_features: int = 2048) -> Analysis:
@@ -434,7 +502,7 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
     if study is None:
         from transferscope.study import Study
 
-        study = Study.prepare(store.load_config(), splits=store.load_splits())
+        study = Study.open(store)
     out = Path(out_dir) if out_dir is not None else store.root / "report"
     records = store.records()
     if not any(r.get("status") == "done" for r in records):
@@ -451,22 +519,41 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
     title = f"{cfg.data.dataset}, {cfg.model.arch}"
     analysis = Analysis()
 
-    def attempt(name: str, fn: Callable[[], Section | None]) -> None:
+    def failed(name: str, e: Exception) -> None:
+        """One line in the report's notes and on the terminal; the traceback in errors.log (a
+        UserError is a condition, not a fault: its message is the whole story)."""
+        detail = one_line(e)
+        if isinstance(e, UserError):
+            analysis.notes.append(f"{name}: not computed ({detail})")
+            _say(f"transferscope analysis {name!r} not computed: {detail}")
+            return
+        try:
+            log = store.log_error(f"report:{name}", "".join(traceback.format_exception(e)))
+            where, note = f"traceback in {log}", f"; traceback in {log.name}"
+        except OSError as log_error:
+            where, note = f"its traceback could not be saved ({one_line(log_error)})", ""
+        analysis.notes.append(f"{name}: not computed ({detail}{note})")
+        _say(f"transferscope analysis {name!r} failed: {detail}; {where}")
+
+    def attempt(name: str, fn: Callable[[], Section | None], images: bool = False) -> None:
+        if images and study.data is None:
+            analysis.notes.append(f"{name}: not computed: the images are needed and {_no_images(study)}")
+            return
         try:
             section = fn()
         except Exception as e:  # noqa: BLE001  (one analysis failing must not lose the report)
-            detail = f"{type(e).__name__}: {e}"
-            analysis.notes.append(f"{name}: not computed ({detail})")
-            warnings.warn(f"transferscope analysis {name!r} failed: {detail}\n{traceback.format_exc()}", stacklevel=2)
+            failed(name, e)
             return
         if section is not None:
             analysis.sections.append(section)
 
     attempt("convergence", lambda: _convergence_section(records, study, done, out, title, analysis))
     if cka:
-        attempt("CKA", lambda: _cka_section(store, study, full, out, title, analysis, cka_batch_size, max_images))
+        attempt("CKA", lambda: _cka_section(store, study, full, out, title, analysis, cka_batch_size, max_images),
+                images=True)
     if estimate:
-        attempt("estimate", lambda: _estimate_section(store, study, full, out, title, analysis, max_features))
+        attempt("estimate", lambda: _estimate_section(store, study, full, out, title, analysis, max_features),
+                images=True)
     attempt("filters", lambda: _filters_section(store, study, full, out, title, analysis))
     attempt("target sizes", lambda: _sizes_section(frame, records, out, title, analysis))
     if compare is not None:
@@ -482,7 +569,7 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
     try:
         analysis.reading = reading(done, analysis.convergence, analysis.comparison) if len(done) else []
     except Exception as e:  # noqa: BLE001
-        analysis.notes.append(f"reading: not computed ({type(e).__name__}: {e})")
+        failed("reading", e)
     analysis.provenance = _provenance_section(store, records)
     return analysis
 

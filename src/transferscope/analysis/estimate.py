@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from transferscope.analysis.networks import features_at, load_network, part_images
+from transferscope.analysis.networks import features_at, load_network, part_images, weights_absence
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
 from transferscope.report.stats import DIFFERENCE_BOUNDS, mean_ci
@@ -54,7 +54,7 @@ def _study(store: Store, study):
     if study is None:
         from transferscope.study import Study
 
-        study = Study.prepare(store.load_config(), splits=store.load_splits())
+        study = Study.open(store)
     return study
 
 
@@ -67,14 +67,18 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
     store = directory if isinstance(directory, Store) else Store(directory)
     study = _study(store, study)
     cuts = tuple(study.cut_points)
-    rows, notes = [], []
+    frame = store.frame()
+    rows, notes, absent = [], [], {}
     for r in range(study.config.treatments.replicates):
         for target in study.config.treatments.targets:
             source = other(target)
             key = base_key(r, source)
-            if not store.weights_path(key).is_file():
-                notes.append(f"replicate {r}: {key} has no recorded weights; target {target} not scored")
+            why = weights_absence(store, frame, key)
+            if why:
+                absent[key] = why
+                notes.append(f"replicate {r}: {why}, so it has no weights; target {target} not scored")
                 continue
+            study.images()  # a clear error where the study has no images
             net = load_network(store, study, key, r, source, device)
             task = study.task(r, target)
             parts = {}
@@ -90,6 +94,8 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
                              logme(ftr, ytr), h_score(ftr, ytr), probe.top1, probe.val_top1,
                              time.perf_counter() - start))
     if not rows:
+        if not all(why.endswith("is not recorded") for why in absent.values()):
+            raise UserError(f"{store.root}: no base network has weights to score: " + "; ".join(absent.values()))
         raise UserError(f"{store.root}: no base network weights to score; train the base networks first, e.g. "
                         "transferscope run STUDY --set 'treatments.names=[\"base\"]' -o DIR")
     result = Estimate(pd.DataFrame(rows, columns=COLUMNS), max_features, notes)

@@ -69,8 +69,9 @@ def relative_change(weight: torch.Tensor, source: torch.Tensor) -> float:
 
 def study_filters(store: Store, study, frame: pd.DataFrame, replicate: int = 0) -> list[FilterPanel]:
     """Panels for one replicate: baseA, the fine-tuned networks that copied baseA's layer 1
-    (AnB+ at the smallest and largest n), then baseB and BnA+ likewise. Empty when layer 1 has
-    no Conv2d or the base weights are missing."""
+    (AnB+ at the smallest and largest n among those with weights), then baseB and BnA+ likewise;
+    a base network without weights is left out, with its transfers. Empty when layer 1 has no
+    Conv2d or neither base network has weights."""
     panels: list[FilterPanel] = []
     done = frame.loc[(frame["status"] == "done") & (frame["replicate"] == replicate)] if len(frame) else frame
     if "target_size" in done:
@@ -85,12 +86,11 @@ def study_filters(store: Store, study, frame: pd.DataFrame, replicate: int = 0) 
         src_w = conv.weight.detach()
         panels.append(FilterPanel(f"base{source}", key, filter_grid(src_w), None))
         ft = done.loc[(done["role"] == "transfer+") & (done["source"] == source)] if len(done) else done
+        ft = ft.loc[[store.weights_path(k).is_file() for k in ft["key"]]] if len(ft) else ft
         if ft.empty:
             continue
         for n in sorted({int(ft["n"].min()), int(ft["n"].max())}):
             row = ft.loc[ft["n"] == n].iloc[0]
-            if not store.weights_path(row["key"]).is_file():
-                continue
             w = first_conv(load_network(store, study, row["key"], replicate, row["target"])).weight.detach()
             panels.append(FilterPanel(f"{row['treatment']} n={n} (layer 1 from base{source}, fine-tuned on "
                                       f"{row['target']})", row["key"], filter_grid(w), relative_change(w, src_w)))

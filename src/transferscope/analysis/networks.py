@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +22,27 @@ from transferscope.models import CutNet, create_model
 from transferscope.store import Store
 
 
+def weights_absence(store: Store, frame: pd.DataFrame, key: str) -> str | None:
+    """Why run ``key`` has no weights file, in words from its record (``frame``: the study's run
+    table), or None where the file is there: "r0-baseA diverged", "r0-baseA failed (its error)",
+    "r0-baseA is not recorded", "r0-baseA is done but weights/r0-baseA.safetensors is missing"."""
+    path = store.weights_path(key)
+    if path.is_file():
+        return None
+    rows = frame.loc[frame["key"] == key] if len(frame) and "key" in frame else frame.iloc[0:0]
+    if rows.empty:
+        return f"{key} is not recorded"
+    row = rows.iloc[0]
+    status = str(row.get("status"))
+    if status == "done":
+        return f"{key} is done but its weights file {path.relative_to(store.root)} is missing"
+    error = row.get("error")
+    error = error.strip().splitlines()[0] if isinstance(error, str) and error.strip() else ""
+    epoch = row.get("diverged_epoch")
+    at = f" at epoch {int(epoch)}" if status == "diverged" and epoch is not None and pd.notna(epoch) else ""
+    return f"{key} {status}{at}" + (f" ({error})" if error else "")
+
+
 def load_network(store: Store, study, key: str, replicate: int, task: str,
                  device: str | torch.device = "cpu") -> CutNet:
     """The network recorded as ``key``, trained on ``task`` of ``replicate``, in eval mode."""
@@ -28,7 +50,7 @@ def load_network(store: Store, study, key: str, replicate: int, task: str,
         raise UserError(f"{store.weights_path(key)}: no weights recorded for {key}")
     cfg = study.config.model
     num_classes = len(study.split(replicate).classes(task))
-    net = create_model(cfg.arch, num_classes, study.data.image_shape, cfg.options)
+    net = create_model(cfg.arch, num_classes, study.image_shape, cfg.options)
     net.load_state_dict(store.load_weights(key))
     return net.to(device).eval()
 
@@ -36,7 +58,7 @@ def load_network(store: Store, study, key: str, replicate: int, task: str,
 def random_network(study, replicate: int, task: str, seed: int = 0) -> CutNet:
     """An untrained network of the study's architecture (for controls)."""
     cfg = study.config.model
-    return create_model(cfg.arch, len(study.split(replicate).classes(task)), study.data.image_shape, cfg.options,
+    return create_model(cfg.arch, len(study.split(replicate).classes(task)), study.image_shape, cfg.options,
                         init_seed=seed).eval()
 
 

@@ -248,23 +248,43 @@ def reading(df: pd.DataFrame, convergence=None, comparison: Comparison | None = 
         flagged = int(full["still_improving"].sum())
         if flagged:
             verb = "was" if flagged == 1 else "were"
+            noise = ("beyond noise" if full.loc[full["still_improving"], "noise"].notna().all()
+                     else "not checked against noise: the validation set sizes are not known here")
             out.append(f"**Training budget.** {flagged} of {len(full)} base networks {verb} still improving at the end "
-                       f"(validation slope > {convergence.threshold} per epoch over the last epochs, beyond noise): "
+                       f"(validation slope > {convergence.threshold} per epoch over the last epochs, {noise}): "
                        "the claims above about BnB, AnB and AnB+ against base may reflect a head start, not feature "
                        "generality; "
                        f"a budget of about {convergence.suggested_epochs} epochs is suggested.")
         else:
-            out.append(f"**Training budget.** None of the {len(full)} base networks was still improving at the end "
+            which = "The one base network was not" if len(full) == 1 else f"None of the {len(full)} base networks was"
+            out.append(f"**Training budget.** {which} still improving at the end "
                        "(see *Was the study trained long enough?* for the criterion).")
     if comparison is not None:
         out.append(comparison.sentence())
     if not _has_intervals(rel):
-        out.append("With one replicate there are no confidence intervals, so the data cannot tell any of these "
-                   "differences from zero; run more replicates (`treatments.replicates`, 5 or more) before drawing "
-                   "conclusions.")
+        out.append(no_intervals(done, rel))
     elif note := width_note(rel["replicates"]):
         out.append(f"**Few replicates.** {note}")
     return out
+
+
+def no_intervals(done: pd.DataFrame, rel: pd.DataFrame) -> str:
+    """Why no cell has a confidence interval, in the study's own counts: replicates with finished
+    runs, and replicates and networks per cell (an interval needs two replicates; the networks of
+    one replicate, its two directions, share its split and base networks and count once)."""
+    replicates = sorted({int(r) for r in done.loc[done["role"] != "base", "replicate"]})
+    networks = int(rel["networks"].max()) if len(rel) else 0
+    shared = (f" (up to {networks} networks per cell: the directions of a replicate share its split and base "
+              f"networks, so they give one value, not {networks})" if networks > 1 else "")
+    if len(replicates) <= 1:
+        which = f" (replicate {replicates[0]})" if replicates else ""
+        lead = f"Transfer runs have finished in one replicate only{which}, so each cell has one replicate{shared}"
+    else:
+        lead = (f"Transfer runs have finished in {len(replicates)} replicates, but each cell has values from only one "
+                f"of them{shared}")
+    return (f"**No confidence intervals.** {lead}; an interval needs at least 2 replicates, so the data cannot tell "
+            "any of these differences from zero. Run more replicates (`treatments.replicates`, 5 or more) before "
+            "drawing conclusions.")
 
 
 # ------------------------------------------------------------------------------- two studies

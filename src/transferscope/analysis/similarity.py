@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from transferscope.analysis.cka import MinibatchCKA, gram_linear, minibatches
-from transferscope.analysis.networks import layer_outputs, load_network, part_images
+from transferscope.analysis.networks import layer_outputs, load_network, part_images, weights_absence
 from transferscope.report.stats import over_replicates, per_replicate
 from transferscope.store import Store
 from transferscope.treatments import base_key
@@ -42,6 +42,8 @@ class Similarity:
     images: int  # test images per task used (at most)
     batch_size: int
     notes: list[str] = field(default_factory=list)
+    #: replicate -> why it was not compared (which base network has no weights, and why)
+    skipped: dict[int, str] = field(default_factory=dict)
 
 
 def _finished_finetuned(frame: pd.DataFrame, replicate: int, target: str) -> pd.DataFrame:
@@ -61,14 +63,18 @@ def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: in
     target task (a seeded subset)."""
     done = frame.loc[frame["status"] == "done"] if len(frame) else frame
     base_rows, ft_rows, notes, missing = [], [], [], []
+    skipped: dict[int, str] = {}
     names: tuple[str, ...] = ()
     images = 0
-    for r in sorted({int(x) for x in done["replicate"]}) if len(done) else []:
+    recorded = {int(x) for x in frame["replicate"]} if len(frame) else set()
+    for r in sorted(recorded | set(range(study.config.treatments.replicates))):
+        keys = {t: base_key(r, t) for t in ("A", "B")}
+        absent = [why for k in keys.values() if (why := weights_absence(store, frame, k))]
+        if absent:
+            skipped[r] = "; ".join(absent) + ", so it has no weights" if len(absent) == 1 else (
+                "; ".join(absent) + ", so neither has weights")
+            continue
         for target in study.config.treatments.targets:
-            keys = {t: base_key(r, t) for t in ("A", "B")}
-            if not all(store.weights_path(k).is_file() for k in keys.values()):
-                notes.append(f"replicate {r}: base network weights missing; skipped")
-                continue
             nets = {keys[t]: load_network(store, study, keys[t], r, t, device) for t in ("A", "B")}
             finetuned = _finished_finetuned(done, r, target)
             refs: dict[str, list[tuple[str, str]]] = {}  # key -> [(reference name, reference key)]
@@ -115,12 +121,14 @@ def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: in
                     for i in range(num_layers):
                         ft_rows.append((r, target, key, role, n, i + 1, ref_name, float(values[i, i])))
     if missing:
-        notes.append(f"{len(missing)} fine-tuned network(s) have no recorded weights (eval.save_weights = "
-                     f"\"bases\"?), e.g. {missing[0]}: not compared")
+        save = study.config.eval.save_weights
+        why = (f"eval.save_weights = \"{save}\" keeps no fine-tuned network" if save == "bases"
+               else "their weights files are missing")
+        notes.append(f"{len(missing)} fine-tuned network(s) have no weights ({why}), e.g. {missing[0]}: not compared")
     return Similarity(
         pd.DataFrame(base_rows, columns=["replicate", "target", "layer_a", "layer_b", "cka"]),
         pd.DataFrame(ft_rows, columns=["replicate", "target", "key", "role", "n", "layer", "reference", "cka"]),
-        tuple(names), images, batch_size, notes)
+        tuple(names), images, batch_size, notes, skipped)
 
 
 def base_curve(sim: Similarity) -> pd.DataFrame:
