@@ -1,10 +1,14 @@
 """Dataset loaders: imagefolder layouts, npz, the decode cache, streaming readers, torchvision sets'
 missing-file errors, the natural/man-made split, and real data where this machine has it."""
 
+import contextlib
+import io
+import os
 import pickle
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -320,7 +324,7 @@ def test_npz_file_mistakes(tmp_path):
     with pytest.raises(UserError, match="is a folder; npz needs a .npz file"):
         load_dataset(cfg(tmp_path, dataset="npz", root=str(tmp_path)))
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(UserError, match="is not a readable .npz file"):
+    with pytest.raises(UserError, match=r"is not a \.npz file \(not a zip archive"):
         load_dataset(cfg(tmp_path, dataset="npz", root=str(tmp_path / "junk.npz")))
     np.save(tmp_path / "one.npy", np.zeros(3))
     with pytest.raises(UserError, match="holds a single array"):
@@ -392,6 +396,7 @@ def test_imagenet_layout_reads_train_and_val_as_colour(tmp_path):
     assert data.flip_ok
     stream = load_dataset(c.model_copy(update={"image_size": 8, "memory_limit_gb": 1e-9}))
     assert stream.x is None and torch.equal(torch.stack([stream.reader.read(i) for i in range(8)]), data.x)
+    assert len({data.fingerprint, stream.fingerprint}) == 2 and all(len(d.fingerprint) == 24 for d in (data, stream))
     split = split_classes(SplitConfig(kind="natural-vs-manmade"), data, 0)
     assert split.names("A") == ("n01440764",) and split.names("B") == ("n02687172",)
 
@@ -419,6 +424,7 @@ def test_mnist_like_files_are_read_plain_or_gzipped(tmp_path):
     assert data.x.shape == (30, 1, 28, 28) and not data.flip_ok
     assert torch.equal(data.x[:20, 0], torch.from_numpy(xtr.astype(np.uint8)))
     assert data.is_test.sum() == 10 and data.y[20:].tolist() == list(range(10))
+    assert load_dataset(cfg(tmp_path, dataset="mnist", root=str(tmp_path))).fingerprint == data.fingerprint  # cached
 
 
 def test_cifar100_pickles_give_fine_classes_and_superclass_groups(tmp_path):
@@ -438,6 +444,7 @@ def test_cifar100_pickles_give_fine_classes_and_superclass_groups(tmp_path):
     assert data.class_names == tuple(fine) and data.groups == dict(zip(fine, coarse))
     assert data.x.shape == (12, 3, 32, 32) and data.flip_ok and int(data.is_test.sum()) == 3
     assert natural_vs_manmade(data) == {"apple": "natural", "bus": "man-made", "whale": "natural"}
+    assert len(data.fingerprint) == 24
 
 
 # ------------------------------------------------------------------------------------ natural vs man-made
@@ -553,7 +560,7 @@ def test_cifar10_jpeg_folder(cifar10_jpeg, tmp_path):
     start = time.perf_counter()
     again = load_dataset(c)
     cached_s = time.perf_counter() - start
-    assert torch.equal(again.x, data.x)
+    assert torch.equal(again.x, data.x) and again.fingerprint == data.fingerprint
     print(f"\nCIFAR-10 JPEG: decoded 60,000 images in {decode_s:.1f} s, from the cache in {cached_s:.2f} s")
     assert cached_s < decode_s / 5
 
@@ -581,3 +588,291 @@ def test_omniglot_alphabets_as_groups(tmp_path):
     assert data.class_names[0] == "Balinese/character01" and data.groups["Latin/character01"] == "Latin"
     split = split_classes(SplitConfig(kind="groups", a_groups=("Greek", "Latin"), b_groups=("Korean",)), data, 0)
     assert len(split.a) == 24 + 26 and len(split.b) == 40
+
+
+# ------------------------------------------------------------------------------------ unreadable files and folders
+
+def _chmod_protects() -> bool:
+    """Whether a file of mode 000 is unreadable here: not as root (uid 0 with its capabilities)."""
+    if os.geteuid() != 0:
+        return True
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_text("x")
+        probe.chmod(0)
+        try:
+            probe.read_text()
+        except PermissionError:
+            return True
+        finally:
+            probe.chmod(0o600)
+    return False
+
+
+as_root = pytest.mark.skipif(not _chmod_protects(), reason="running as root, which reads every file whatever its "
+                                                           "mode: chmod 000 has no effect (run as a normal user)")
+
+
+@contextlib.contextmanager
+def unreadable(path: Path):
+    """``path`` with mode 000 inside the block, its old mode restored after it."""
+    mode = path.stat().st_mode
+    path.chmod(0)
+    try:
+        yield path
+    finally:
+        path.chmod(mode)
+
+
+@as_root
+def test_unreadable_root_or_class_folder_is_one_error_naming_it(tmp_path):
+    root = tmp_path / "d"
+    tree(root, {"a": 2, "b": 2})
+    c = cfg(tmp_path, dataset="imagefolder", root=str(root))
+    whole = (rf"^data\.root: cannot read folder {root} \(permission denied; make it readable "
+             rf"\(e\.g\. chmod -R u\+rX {root}\)\)$")
+    with unreadable(root), pytest.raises(UserError, match=whole):
+        load_dataset(c)
+    one = (rf"data\.root: cannot read class folder {root / 'b'} \(permission denied.*chmod -R u\+rX .*\); "
+           r"data\.skip_corrupt skips unreadable image files, not folders")
+    for skip in (False, True):  # data.skip_corrupt does not leave out a class: the classes would change
+        with unreadable(root / "b"), pytest.raises(UserError, match=one):
+            load_dataset(c.model_copy(update={"skip_corrupt": skip}))
+    with unreadable(tmp_path):  # a folder above the root that may not be entered: not "not found"
+        with pytest.raises(UserError, match=rf"cannot read folder {root} \(permission denied"):
+            load_dataset(c)
+    assert not (tmp_path / "cache").exists()  # nothing cached from a failed load
+    data = load_dataset(c)  # readable again: the whole set, as if nothing had happened
+    assert data.y.tolist() == [0, 0, 1, 1] and data.skipped == ()
+
+
+@as_root
+def test_unreadable_image_npz_and_torchvision_files_say_make_it_readable(tmp_path):
+    root = tmp_path / "d"
+    tree(root, {"a": 2, "b": 2})
+    with unreadable(root / "a" / "001.png"):
+        with pytest.raises(UserError, match=r"cannot read image file .*a/001\.png \(permission denied\); make it "
+                                            r"readable \(e\.g\. chmod u\+r .*001\.png\), or set data\.skip_corrupt"):
+            load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root)))
+        assert load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root), skip_corrupt=True)).skipped == (
+            str(root / "a" / "001.png"),)
+    path = save_npz(tmp_path / "s.npz", x=np.zeros((2, 4, 4), np.uint8), y=np.array([0, 1]))
+    with unreadable(Path(path)), pytest.raises(UserError, match=rf"^data\.root: cannot read file {path} \(permission "
+                                                                rf"denied; make it readable \(e\.g\. chmod u\+r "):
+        load_dataset(cfg(tmp_path, dataset="npz", root=path))
+    folder = tmp_path / "tv" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    with unreadable(folder), pytest.raises(UserError, match=rf"cannot read folder {folder} \(permission denied"):
+        load_dataset(cfg(tmp_path, dataset="cifar100", root=str(tmp_path / "tv")))
+
+
+# ------------------------------------------------------------------------------------ what the loaders say
+
+
+def test_cached_in_is_said_only_once_the_cache_is_written(tmp_path, capsys):
+    root = tmp_path / "d"
+    tree(root, {"a": 2, "b": 2})
+    (root / "a" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot decode image file"):
+        load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root)))
+    err = capsys.readouterr().err
+    assert "decoding 5 images of imagefolder:d ..." in err and "cached" not in err
+    assert not (tmp_path / "cache").exists()
+    (tmp_path / "file").write_text("a file, not a folder")  # the cache cannot be written there
+    load_dataset(DataConfig(dataset="imagefolder", root=str(root), skip_corrupt=True, cache_dir=str(tmp_path / "file")))
+    err = capsys.readouterr().err
+    assert "cannot write the dataset cache" in err and "cached in" not in err
+    load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root), skip_corrupt=True))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["transferscope: decoding 5 images of imagefolder:d ...",
+                     f"transferscope: decoded 4 images of imagefolder:d; cached in {tmp_path / 'cache'}, so later "
+                     "loads skip decoding"]
+
+
+def test_torchvision_sets_say_cached_only_once_written(tmp_path, capsys):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    (folder / "train").write_bytes(b"not a pickle")
+    for name in ("test", "meta"):
+        (folder / name).write_bytes(pickle.dumps({}))
+    with pytest.raises(UserError, match=r"cannot read .*cifar-100-python/train \(UnpicklingError: .*\); the file is "
+                                        r"damaged: delete it and fetch it again"):
+        load_dataset(cfg(tmp_path, dataset="cifar100", root=str(tmp_path)))
+    err = capsys.readouterr().err
+    assert "reading cifar100 from" in err and "cached" not in err
+
+
+# ------------------------------------------------------------------------------------ npz: the real cause
+
+
+def npz_member(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+def zipped(path: Path, **members: bytes) -> str:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return str(path)
+
+
+X, Y = np.zeros((2, 4, 4), np.uint8), np.array([0, 1])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"junk"), r"is not a \.npz file \(not a zip archive; a \.npz is a zip archive of \.npy"),
+    (lambda p: p.write_bytes(b""), r"is not a \.npz file \(an empty file;"),
+    (lambda p: p.write_bytes(pickle.dumps({"x": X, "y": Y})), r"is not a \.npz file \(a Python pickle;"),
+    (lambda p: p.write_bytes(npz_member(X)), r"holds a single array \(a \.npy file, as np\.save writes\)"),
+    (lambda p: p.write_bytes(Path(save_npz(p, x=X, y=Y)).read_bytes()[:100]), r"is a damaged zip archive"),
+    (lambda p: zipped(p, **{"x.npy": npz_member(X)[:-5], "y.npy": npz_member(Y)}),
+     r"x: the array is damaged and cannot be read \(ValueError: EOF"),
+    (lambda p: zipped(p, **{"x.npy": npz_member(X), "y.npy": b"\x93NUMPY\x01\x00garbage"}),
+     r"y: the array is damaged and cannot be read"),
+    (lambda p: zipped(p, x=b"hello", **{"y.npy": npz_member(Y)}), r"x: the archive member x is not a NumPy array"),
+    (lambda p: np.savez(p, x=np.zeros((2, 0, 4), np.uint8), y=Y), r"x: shape \(2, 0, 4\) has images of zero height"),
+])
+def test_npz_failures_name_their_real_cause_not_pickle(tmp_path, make, message):
+    path = tmp_path / "bad.npz"
+    make(path)
+    with pytest.raises(UserError, match=message) as err:
+        load_dataset(cfg(tmp_path, dataset="npz", root=str(path)))
+    assert "pickle" not in str(err.value).replace("a Python pickle", "")  # the old, unrelated allow_pickle hint
+    assert str(path) in str(err.value)
+
+
+def test_npz_object_arrays_are_named_as_such(tmp_path):
+    path = save_npz(tmp_path / "o.npz", x=X, y=Y, class_names=np.array(["a", None], dtype=object))
+    with pytest.raises(UserError, match=r"class_names: an array of Python objects, which is not read \(it would need "
+                                        r"pickle\); .*plain string array"):
+        load_dataset(cfg(tmp_path, dataset="npz", root=path))
+
+
+# ------------------------------------------------------------------------------------ skipped files, cached
+
+
+def test_a_skipped_file_made_readable_again_is_decoded_again(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "d"
+    tree(root, {"a": 2, "b": 2})
+    good = root / "a" / "001.png"
+    png = good.read_bytes()
+    stamp = good.stat().st_mtime_ns
+    good.write_bytes(b"\0" * len(png))  # unreadable, same size
+    os.utime(good, ns=(stamp, stamp))  # and same mtime: the cache key cannot tell (as after a chmod)
+    c = cfg(tmp_path, dataset="imagefolder", root=str(root), skip_corrupt=True)
+    first = load_dataset(c)
+    assert first.skipped == (str(good),) and len(first.y) == 3
+    decode_all = imagefolder._decode_all
+    monkeypatch.setattr(imagefolder, "_decode_all", lambda *a, **k: pytest.fail("decoded again"))
+    hit = load_dataset(c)  # still unreadable: a cache hit, only the skipped file is tried
+    assert hit.skipped == first.skipped and hit.fingerprint == first.fingerprint
+    good.write_bytes(png)
+    os.utime(good, ns=(stamp, stamp))
+    monkeypatch.setattr(imagefolder, "_decode_all", decode_all)
+    capsys.readouterr()
+    healed = load_dataset(c)
+    assert healed.skipped == () and healed.y.tolist() == [0, 0, 1, 1] and healed.fingerprint != first.fingerprint
+    assert "1 image file(s) of imagefolder:d skipped before as unreadable can be read now" in capsys.readouterr().err
+    monkeypatch.setattr(imagefolder, "_decode_all", lambda *a, **k: pytest.fail("decoded again"))
+    assert load_dataset(c).skipped == ()  # the healed entry replaced the old one
+
+
+@as_root
+def test_a_file_skipped_while_chmod_000_is_read_after_chmod_back(tmp_path):
+    root = tmp_path / "d"
+    tree(root, {"a": 2, "b": 2})
+    c = cfg(tmp_path, dataset="imagefolder", root=str(root), skip_corrupt=True)
+    with unreadable(root / "b" / "000.png"):
+        assert len(load_dataset(c).skipped) == 1
+    assert load_dataset(c).skipped == () and len(load_dataset(c).y) == 4
+
+
+# ------------------------------------------------------------------------------------ fingerprints
+
+
+def test_fingerprint_follows_the_images_not_their_location_or_mtime(tmp_path, monkeypatch):
+    root = tmp_path / "d"
+    tree(root, {"a": 2, "b": 2})
+    first = load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root)))
+    assert len(first.fingerprint) == 24 and int(first.fingerprint, 16) >= 0
+    fresh = load_dataset(cfg(tmp_path / "other-cache", dataset="imagefolder", root=str(root)))
+    assert fresh.fingerprint == first.fingerprint  # touching nothing keeps it
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, copy_function=shutil.copyfile)  # new location, new modification times
+    assert load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(copy))).fingerprint == first.fingerprint
+    # a cache hit reads it from the entry, without hashing the images
+    from transferscope.data import registry
+
+    monkeypatch.setattr(registry, "tensor_digest", lambda *a: pytest.fail("hashed the images on a cache hit"))
+    assert load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root))).fingerprint == first.fingerprint
+    monkeypatch.undo()
+    write(root / "b" / "009.png", pixels(77))  # one more image
+    added = load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root)))
+    assert len(added.y) == 5 and added.fingerprint != first.fingerprint
+    write(root / "b" / "009.png", pixels(78))  # the same files, other pixels
+    assert load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root))).fingerprint != added.fingerprint
+    shutil.move(root / "b" / "009.png", root / "a" / "009.png")  # the same pixels, another class
+    assert load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(root))).fingerprint != added.fingerprint
+
+
+def test_streamed_fingerprint_follows_the_files_statistics(tmp_path):
+    root = tmp_path / "d"
+    tree(root, {"a": 2, "b": 2})
+    c = cfg(tmp_path, dataset="imagefolder", root=str(root), memory_limit_gb=1e-9)
+    first = load_dataset(c)
+    assert first.x is None and len(first.fingerprint) == 24
+    again = load_dataset(c)  # from the cache's stream entry
+    assert again.fingerprint == first.fingerprint
+    assert load_dataset(cfg(tmp_path / "c2", dataset="imagefolder", root=str(root), memory_limit_gb=1e-9)
+                        ).fingerprint == first.fingerprint
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)  # copy2 keeps modification times: relative paths, sizes and times agree
+    assert load_dataset(cfg(tmp_path, dataset="imagefolder", root=str(copy), memory_limit_gb=1e-9)
+                        ).fingerprint == first.fingerprint
+    assert load_dataset(c.model_copy(update={"image_size": 4})).fingerprint != first.fingerprint
+    stamp = (root / "a" / "000.png").stat().st_mtime_ns
+    os.utime(root / "a" / "000.png", ns=(stamp, stamp + 10**9))  # touched: it may have changed
+    assert load_dataset(c).fingerprint != first.fingerprint
+    write(root / "a" / "009.png", pixels(5))
+    assert len(load_dataset(c).y) == 5 and load_dataset(c).fingerprint != first.fingerprint
+
+
+def test_every_loader_sets_a_fingerprint_and_hand_built_data_gets_one(tmp_path):
+    digits = load_dataset("digits")
+    assert len(digits.fingerprint) == 24 and load_dataset("digits").fingerprint == digits.fingerprint
+    path = save_npz(tmp_path / "s.npz", x=X, y=Y)
+    npz = load_dataset(cfg(tmp_path, dataset="npz", root=path))
+    moved = tmp_path / "elsewhere.npz"
+    shutil.copyfile(path, moved)
+    assert load_dataset(cfg(tmp_path, dataset="npz", root=str(moved))).fingerprint == npz.fingerprint
+    streamed = load_dataset(cfg(tmp_path, dataset="npz", root=path, image_size=8, memory_limit_gb=1e-9))
+    assert streamed.x is None and len(streamed.fingerprint) == 24
+    # by hand: computed from the content; labels, test flags, names and groups count
+    a = ImageData(torch.tensor([0, 1]), ("a", "b"), x=torch.zeros(2, 1, 2, 2, dtype=torch.uint8))
+    assert a.fingerprint == ImageData(torch.tensor([0, 1]), ("a", "b"), x=torch.zeros(2, 1, 2, 2, dtype=torch.uint8),
+                                      name="another name").fingerprint
+    for other in (ImageData(torch.tensor([0, 1]), ("a", "b"), x=torch.ones(2, 1, 2, 2, dtype=torch.uint8)),
+                  ImageData(torch.tensor([1, 0]), ("a", "b"), x=torch.zeros(2, 1, 2, 2, dtype=torch.uint8)),
+                  ImageData(torch.tensor([0, 1]), ("b", "a"), x=torch.zeros(2, 1, 2, 2, dtype=torch.uint8)),
+                  ImageData(torch.tensor([0, 1]), ("a", "b"), x=torch.zeros(2, 1, 2, 2, dtype=torch.uint8),
+                            groups={"a": "g", "b": "g"}),
+                  ImageData(torch.tensor([0, 1]), ("a", "b"), x=torch.zeros(2, 1, 2, 2, dtype=torch.uint8),
+                            is_test=torch.tensor([False, True]))):
+        assert other.fingerprint != a.fingerprint
+    assert ImageData(torch.tensor([0, 1]), ("a", "b"), x=a.x, fingerprint="given").fingerprint == "given"
+
+    class Reader:
+        shape = (1, 2, 2)
+
+        def __len__(self):
+            return 2
+
+        def read(self, i):
+            return torch.zeros(self.shape, dtype=torch.uint8)
+
+    with pytest.raises(ValueError, match=r"a reader without a fingerprint\(\) method needs ImageData\(fingerprint="):
+        ImageData(torch.tensor([0, 1]), ("a", "b"), reader=Reader())
+    reader = images.FileReader([str(p) for p in sorted((tmp_path / "cache").glob("*.json"))], "L", None, (1, 2, 2))
+    assert len(ImageData(torch.zeros(len(reader), dtype=torch.long), ("a",), reader=reader).fingerprint) == 24

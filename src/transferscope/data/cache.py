@@ -6,12 +6,15 @@ else ``~/.cache/transferscope``), named ``<dataset>-<key>``:
 - ``.safetensors``: the uint8 images ``x`` (N, C, H, W), labels ``y`` and, where the dataset has
   an official test split, ``is_test``; absent for datasets that stream from their files;
 - ``.json``: class names, groups, flip, skipped files, image shape and count (so a set that streams
-  need not probe its files again). Written last: it marks a complete entry.
+  need not probe its files again), and the data's fingerprint (so a cache hit does not hash the
+  images again). Written last: it marks a complete entry.
 
 The key is a hash of what determines the decoded images: the dataset name, the absolute root,
 ``data.image_size``, ``data.skip_corrupt`` and every source file's relative path, size and
 modification time. Changing, adding or removing a file gives a new key (the old entry is simply
-no longer used; deleting the cache directory is always safe). Writes go to a temporary file that
+no longer used; deleting the cache directory is always safe). Making a file readable changes
+neither its size nor its modification time, so the loader that skipped unreadable files checks
+them again on a hit (see :mod:`transferscope.data.imagefolder`). Writes go to a temporary file that
 ``os.replace`` renames, so a crash or a parallel study never leaves a half-written entry.
 """
 
@@ -23,15 +26,15 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from transferscope.config import DataConfig
 from transferscope.data.registry import ImageData
 
-#: bump when the decoded pixels of an unchanged file would differ (e.g. a new resize method)
-FORMAT = 1
+#: bump when the decoded pixels of an unchanged file would differ (e.g. a new resize method) or
+#: an entry's contents change (2: the data's fingerprint in the .json)
+FORMAT = 2
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -39,15 +42,6 @@ def cache_dir(cfg: DataConfig) -> Path:
         return Path(cfg.cache_dir).expanduser()
     env = os.environ.get("TRANSFERSCOPE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "transferscope"
-
-
-def file_stats(root: Path, paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
-    """(path relative to ``root``, size in bytes, modification time in ns) of each file."""
-    out = []
-    for p in paths:
-        st = os.stat(p)
-        out.append((os.path.relpath(p, root), st.st_size, st.st_mtime_ns))
-    return out
 
 
 def cache_key(cfg: DataConfig, root: Path, files: list[tuple[str, int, int]], **extra: Any) -> str:
@@ -108,16 +102,17 @@ class CacheEntry:
             return None
         return ImageData(x=t["x"], y=t["y"], is_test=t.get("is_test"), class_names=tuple(meta["class_names"]),
                          groups=meta["groups"], name=meta["name"], flip_ok=meta["flip_ok"],
-                         skipped=tuple(meta["skipped"]))
+                         skipped=tuple(meta["skipped"]), fingerprint=meta.get("fingerprint", ""))
 
-    def save(self, data: ImageData, **meta: Any) -> None:
+    def save(self, data: ImageData, **meta: Any) -> bool:
         """Store an in-memory dataset, or (``data.reader`` set) the metadata ``meta`` of a streamed one.
-        A cache that cannot be written is reported once and otherwise ignored."""
+        Whether the entry was written: a cache that cannot be written is reported and otherwise ignored."""
         from safetensors.torch import save_file
 
         record = {"format": FORMAT, "name": data.name, "class_names": list(data.class_names), "groups": data.groups,
                   "flip_ok": data.flip_ok, "skipped": list(data.skipped), "stream": data.x is None,
-                  "shape": list(data.image_shape), "images": len(data.y), **meta}
+                  "shape": list(data.image_shape), "images": len(data.y), "fingerprint": data.fingerprint,
+                  **meta}
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             if data.x is not None:
@@ -129,4 +124,6 @@ class CacheEntry:
         except OSError as e:
             note(f"cannot write the dataset cache in {self.dir} ({e}); continuing without it "
                  "(set data.cache_dir or TRANSFERSCOPE_CACHE to a writable folder)")
+            return False
+        return True
 

@@ -15,7 +15,10 @@ Class order is the sorted class names. Every format PIL can open is read (by fil
 files are ignored); images become grey ('L') when every one is grey or binary, else RGB. Folders of
 different depths, empty class folders, or class folders that hold both images and folders are
 errors that name the folder. An unreadable image is an error naming the file, or with
-``data.skip_corrupt = true`` it is left out and listed in ``ImageData.skipped``.
+``data.skip_corrupt = true`` it is left out and listed in ``ImageData.skipped``; a cached set
+that left files out checks those again, and is decoded again once one of them can be read. A
+folder that cannot be listed (no permission) is always an error: leaving out a class folder would
+change the classes.
 
 A set that fits ``data.memory_limit_gb`` is decoded once (on all cores) and cached (see
 :mod:`transferscope.data.cache`); a larger one streams from its files through a
@@ -26,6 +29,7 @@ A set that fits ``data.memory_limit_gb`` is decoded once (on all cores) and cach
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,9 @@ import numpy as np
 import torch
 
 from transferscope.config import DataConfig
-from transferscope.data.cache import CacheEntry, cache_key, file_stats, note
+from transferscope.data.cache import CacheEntry, cache_key, note
+from transferscope.data.files import file_stats, list_dir, os_error
+from transferscope.data.fingerprint import data_fingerprint, files_digest
 from transferscope.data.images import (
     FileReader,
     decode_chunk,
@@ -65,28 +71,31 @@ class FolderScan:
     groups: dict[str, str]
 
 
+#: why an unreadable class folder stops the load even with data.skip_corrupt
+NOT_SKIPPED = ("data.skip_corrupt skips unreadable image files, not folders: leaving out a class folder "
+               "would change the classes")
+
+
 def _visible_dirs(folder: Path) -> list[os.DirEntry]:
-    with os.scandir(folder) as it:
-        return sorted((e for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+    return sorted((e for e in list_dir(folder) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _images_in(folder: str, exts: frozenset[str]) -> tuple[list[str], list[str]]:
+def _images_in(folder: str, exts: frozenset[str], what: str = "class folder") -> tuple[list[str], list[str]]:
     """(sorted image file paths, sorted visible subfolder names) directly inside ``folder``."""
     files, dirs = [], []
-    with os.scandir(folder) as it:
-        for e in it:
-            if e.name.startswith("."):
-                continue
-            if e.is_dir():
-                dirs.append(e.name)
-            elif os.path.splitext(e.name)[1].lower() in exts:
-                files.append(e.path)
+    for e in list_dir(folder, what, hint=NOT_SKIPPED if "class" in what else ""):
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():
+            dirs.append(e.name)
+        elif os.path.splitext(e.name)[1].lower() in exts:
+            files.append(e.path)
     return sorted(files), sorted(dirs)
 
 
 def _classes_in(folder: Path, exts: frozenset[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
     """{class name: image paths} and {class name: group} of one split folder (or of ROOT)."""
-    stray, tops = _images_in(str(folder), exts)
+    stray, tops = _images_in(str(folder), exts, "folder")
     if stray:
         raise UserError(f"data.root: {folder} holds image files directly (e.g. {Path(stray[0]).name}); "
                         f"imagefolder needs a folder per class: {LAYOUTS}")
@@ -174,8 +183,25 @@ def _unreadable(cfg: DataConfig, paths: Sequence[str], errors: dict[int, str]) -
     if errors and not cfg.skip_corrupt:
         i, reason = next(iter(sorted(errors.items())))
         more = f" (and {len(errors) - 1} more unreadable files)" if len(errors) > 1 else ""
+        if reason.startswith("PermissionError"):
+            raise UserError(f"cannot read image file {paths[i]} (permission denied){more}; make it readable "
+                            f"(e.g. chmod u+r {shlex.quote(paths[i])}), or set data.skip_corrupt = true to skip "
+                            "unreadable files")
         raise UserError(f"cannot decode image file {paths[i]} ({reason}){more}; fix or remove it, "
                         "or set data.skip_corrupt = true to skip unreadable files")
+
+
+def _readable_again(skipped: Sequence[str]) -> list[str]:
+    """The files a cache entry lists as skipped that decode now (made readable again: chmod changes
+    neither size nor modification time, so the cache key cannot tell). Only these are read."""
+    out = []
+    for p in skipped:
+        try:
+            decode_file(p)
+        except Exception:  # noqa: BLE001  (still unreadable)
+            continue
+        out.append(p)
+    return out
 
 
 def _size_error(root: Path, paths: Sequence[str], sizes: dict[tuple[int, int], int]) -> UserError:
@@ -233,16 +259,29 @@ def images_from_files(cfg: DataConfig, root: Path, paths: list[str], labels: np.
     """ImageData from image files: from the cache when it has them, else decoded into memory (and
     cached) when they fit ``data.memory_limit_gb``, else streamed by a FileReader.
     ``mode`` ('L'/'RGB') forces a colour mode; ``flip_ok`` None means: flip colour images only."""
-    entry = CacheEntry(cfg, cache_key(cfg, root, file_stats(root, paths), mode=mode))
+    stats = file_stats(root, paths)
+    entry = CacheEntry(cfg, cache_key(cfg, root, stats, mode=mode))
 
-    def build(keep: list[int], skipped: list[int], **data) -> ImageData:
-        channels = data["x"].shape[1] if "x" in data else data["reader"].shape[0]
-        return ImageData(y=torch.from_numpy(labels[keep]), class_names=class_names, groups=groups, name=name,
-                         flip_ok=channels == 3 if flip_ok is None else flip_ok,
-                         is_test=None if is_test is None else torch.from_numpy(is_test[keep]),
-                         skipped=tuple(paths[i] for i in skipped), **data)
+    def build(keep: list[int], skipped: list[int], *, x: torch.Tensor | None = None,
+              reader: FileReader | None = None, fingerprint: str = "") -> ImageData:
+        y = torch.from_numpy(labels[keep])
+        test = None if is_test is None else torch.from_numpy(is_test[keep])
+        if reader is not None and not fingerprint:  # streamed: the files' statistics, not their pixels
+            digest = files_digest([stats[i] for i in keep], mode=reader.mode, size=reader.size,
+                                  shape=list(reader.shape))
+            fingerprint = data_fingerprint(digest, y, test, class_names, groups)
+        channels = x.shape[1] if x is not None else reader.shape[0]  # type: ignore[union-attr]
+        return ImageData(y=y, class_names=class_names, groups=groups, name=name,
+                         flip_ok=channels == 3 if flip_ok is None else flip_ok, is_test=test,
+                         skipped=tuple(paths[i] for i in skipped), x=x, reader=reader, fingerprint=fingerprint)
 
     meta = entry.meta()
+    if meta is not None and meta["skipped"]:
+        again = _readable_again(meta["skipped"])
+        if again:
+            note(f"{len(again)} image file(s) of {name} skipped before as unreadable can be read now "
+                 f"(e.g. {again[0]}); decoding them again")
+            meta = None
     if meta is not None:
         fits = entry.nbytes(meta) <= limit_bytes(cfg)
         cached = entry.load() if fits and not meta["stream"] else None
@@ -253,7 +292,8 @@ def images_from_files(cfg: DataConfig, root: Path, paths: list[str], labels: np.
             keep = [i for i, p in enumerate(paths) if p not in gone]
             shape = tuple(meta["shape"])
             reader = FileReader([paths[i] for i in keep], "L" if shape[0] == 1 else "RGB", cfg.image_size, shape)
-            return build(keep, [i for i, p in enumerate(paths) if p in gone], reader=reader)
+            return build(keep, [i for i, p in enumerate(paths) if p in gone], reader=reader,
+                         fingerprint=meta.get("fingerprint", "") if meta["stream"] else "")
 
     # the decoded size, at most (colour): from data.image_size or the first image's size
     if cfg.image_size is not None:
@@ -271,11 +311,12 @@ def images_from_files(cfg: DataConfig, root: Path, paths: list[str], labels: np.
         w, h = (cfg.image_size, cfg.image_size) if cfg.image_size is not None else size  # type: ignore[misc]
         fits = (len(paths) - len(skipped)) * (1 if mode == "L" else 3) * h * w <= limit_bytes(cfg)
     if fits:
-        note(f"decoding {len(paths):,} images of {name} once; cached in {entry.dir}")
+        note(f"decoding {len(paths):,} images of {name} ...")
         x, skipped = _decode_all(cfg, root, paths, mode)
         gone = set(skipped)
         data = build([i for i in range(len(paths)) if i not in gone], skipped, x=x)
-        entry.save(data)
+        if entry.save(data):
+            note(f"decoded {len(data.y):,} images of {name}; cached in {entry.dir}, so later loads skip decoding")
         return data
 
     note(f"{name}: {len(paths):,} images of {w}x{h} exceed data.memory_limit_gb = {cfg.memory_limit_gb}; "
@@ -295,8 +336,12 @@ def folder_root(cfg: DataConfig, what: str) -> Path:
     if cfg.root is None:
         raise UserError(f"data.root: {what} needs data.root, the folder of images ({LAYOUTS})")
     root = Path(cfg.root).expanduser()
-    if not root.exists():
-        raise UserError(f"data.root: folder not found: {root}")
+    try:
+        root.stat()
+    except FileNotFoundError:
+        raise UserError(f"data.root: folder not found: {root}") from None
+    except OSError as e:  # e.g. a parent folder that may not be entered
+        raise os_error(root, e, "folder") from None
     if not root.is_dir():
         hint = " (a .npz file is read with data.dataset = 'npz')" if root.suffix == ".npz" else ""
         raise UserError(f"data.root: {root} is a file; {what} needs a folder{hint}")

@@ -25,6 +25,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from transferscope.config import DataConfig
+from transferscope.data.files import file_stats
+from transferscope.data.fingerprint import files_digest, tensor_digest
 from transferscope.data.registry import ImageData
 from transferscope.errors import UserError
 
@@ -183,6 +185,14 @@ class FileReader:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def fingerprint(self) -> str:
+        """A digest of the files (paths relative to their common folder, sizes, modification
+        times) and of how they are decoded. Loaders that know the dataset root give ImageData its
+        fingerprint instead (from the statistics they took anyway)."""
+        root = os.path.commonpath(self.paths) if self.paths else ""
+        root = root if os.path.isdir(root) else os.path.dirname(root)
+        return files_digest(file_stats(root, self.paths), mode=self.mode, size=self.size, shape=list(self.shape))
+
     def read(self, index: int) -> torch.Tensor:
         path = self.paths[index]
         try:
@@ -207,6 +217,9 @@ class ArrayReader:
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.x.shape[1], self.size, self.size)
+
+    def fingerprint(self) -> str:
+        return tensor_digest(self.x, resize=self.size)
 
     def __len__(self) -> int:
         return self.x.shape[0]

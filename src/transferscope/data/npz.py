@@ -9,9 +9,12 @@ Keys (``np.savez(path, x=..., y=...)``):
 - ``groups`` (optional): (K,) group names, one per class, or (M, 2) pairs [class name, group];
 - ``x_test``, ``y_test`` (optional, together): the official test images, same image shape as ``x``.
 
-No pickled objects are read (``allow_pickle=False``). The file is loaded whole, so it is not cached
-again; ``data.image_size`` resizes as for every dataset. Flips are allowed for colour images only
-(the same heuristic as :mod:`transferscope.data.imagefolder`).
+No pickled objects are read (``allow_pickle=False``). Each way a file can be wrong gets its own
+message: not a zip archive at all (a single ``.npy`` array, a pickle, anything else), a damaged
+archive or member, an object array, a missing or unknown key, a wrong shape, dtype or value range.
+The file is loaded whole, so it is not cached again; ``data.image_size`` resizes as for every
+dataset. Flips are allowed for colour images only (the same heuristic as
+:mod:`transferscope.data.imagefolder`).
 """
 
 from __future__ import annotations
@@ -23,21 +26,84 @@ import numpy as np
 import torch
 
 from transferscope.config import DataConfig
+from transferscope.data.files import os_error
 from transferscope.data.images import from_arrays
 from transferscope.data.registry import ImageData, register_dataset
 from transferscope.errors import UserError
 
 KEYS = ("x", "y", "class_names", "groups", "x_test", "y_test")
+#: how a zip archive (an .npz) starts: a local file header, or the end record of an empty archive
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+#: how NumPy's .npy format (a single array, np.save) starts
+NPY_MAGIC = b"\x93NUMPY"
+WRITE = "write it with np.savez(path, x=images, y=labels)"
+
+
+def _member(z: np.lib.npyio.NpzFile, key: str) -> str:
+    """The archive member behind ``key`` (``x.npy`` for key ``x``)."""
+    return f"{key}.npy" if f"{key}.npy" in z.zip.namelist() else key
+
+
+def _holds_objects(z: np.lib.npyio.NpzFile, key: str) -> bool:
+    """Whether member ``key`` is a .npy array of Python objects (which only pickle can read)."""
+    try:
+        with z.zip.open(_member(z, key)) as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                return False
+            return read[version](f)[2].hasobject
+    except Exception:  # noqa: BLE001  (a damaged header: not an object array)
+        return False
 
 
 def _array(z: np.lib.npyio.NpzFile, key: str, where: Path) -> np.ndarray:
     try:
-        return z[key]
-    except ValueError:
-        raise UserError(f"{where}: {key}: object arrays are not read (no pickles); store strings as a plain "
-                        "string array, e.g. np.array(['cat', 'dog'])") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{where}: {key}: cannot read the array ({e})") from None
+        arr = z[key]
+    except Exception as e:  # noqa: BLE001  (a damaged member fails anywhere in NumPy's reader)
+        if _holds_objects(z, key):
+            raise UserError(f"{where}: {key}: an array of Python objects, which is not read (it would need "
+                            "pickle); store numbers as a numeric array and names as a plain string array, e.g. "
+                            "np.array(['cat', 'dog'])") from None
+        raise UserError(f"{where}: {key}: the array is damaged and cannot be read ({type(e).__name__}: {e}); "
+                        f"{WRITE}") from None
+    if not isinstance(arr, np.ndarray):
+        raise UserError(f"{where}: {key}: the archive member {_member(z, key)} is not a NumPy array (.npy data); "
+                        f"{WRITE}")
+    return arr
+
+
+def _open(path: Path) -> np.lib.npyio.NpzFile:
+    """The .npz archive at ``path``; a UserError naming the real cause when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except FileNotFoundError:
+        raise UserError(f"data.root: file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"data.root: {path} is a folder; npz needs a .npz file (a folder of images is read with "
+                        "data.dataset = 'imagefolder')") from None
+    except OSError as e:
+        raise os_error(path, e) from None
+    if head.startswith(NPY_MAGIC):
+        raise UserError(f"data.root: {path} holds a single array (a .npy file, as np.save writes); npz needs a "
+                        f".npz archive with x and y: {WRITE}")
+    if not head.startswith(ZIP_MAGIC):
+        what = ("an empty file" if not head else "a Python pickle" if head[:1] == b"\x80"
+                else "not a zip archive")
+        raise UserError(f"data.root: {path} is not a .npz file ({what}; a .npz is a zip archive of .npy arrays); "
+                        f"{WRITE}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except OSError as e:
+        if isinstance(e, PermissionError):
+            raise os_error(path, e) from None
+        raise UserError(f"data.root: {path} is a damaged zip archive ({e}); {WRITE}") from None
+    except (ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise UserError(f"data.root: {path} is a damaged zip archive ({type(e).__name__}: {e}); {WRITE}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # np.load decides by the same magic: not expected
+        raise UserError(f"data.root: {path} is not a .npz archive; {WRITE}")
+    return z
 
 
 def images(arr: np.ndarray, key: str, where: Path) -> torch.Tensor:
@@ -58,6 +124,8 @@ def images(arr: np.ndarray, key: str, where: Path) -> torch.Tensor:
                         "or (N, C, H, W) with C = 1 or 3")
     if arr.shape[0] == 0:
         raise UserError(f"{where}: {key}: no images")
+    if 0 in arr.shape[2:]:
+        raise UserError(f"{where}: {key}: shape {shape} has images of zero height or width")
     if arr.dtype == np.uint8:
         out = arr
     elif arr.dtype == np.bool_:
@@ -123,18 +191,7 @@ def load_npz(cfg: DataConfig) -> ImageData:
     if cfg.root is None:
         raise UserError("data.root: npz needs data.root, the path of a .npz file with arrays x and y")
     path = Path(cfg.root).expanduser().resolve()
-    if path.is_dir():
-        raise UserError(f"data.root: {path} is a folder; npz needs a .npz file (a folder of images is read with "
-                        "data.dataset = 'imagefolder')")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"data.root: file not found: {path}") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"data.root: {path} is not a readable .npz file ({e})") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise UserError(f"data.root: {path} holds a single array; npz needs a .npz archive with x and y "
-                        "(np.savez(path, x=images, y=labels))")
+    z = _open(path)
     with z:
         keys = set(z.files)
         unknown = sorted(keys - set(KEYS))

@@ -5,7 +5,8 @@ image as one uint8 tensor (N, C, H, W) in memory, or, for sets too large for mem
 :class:`ImageReader` that decodes images from their files on demand (streamed through DataLoader
 workers). Labels, class names in label order and, where the dataset has them, class groups
 (e.g. superclasses, alphabets) come with it, and the dataset's own test images where it has an
-official test split.
+official test split, and a fingerprint that is equal if and only if the decoded set is the same
+(see :mod:`transferscope.data.fingerprint`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ from typing import Protocol
 import torch
 
 from transferscope.config import DataConfig
+from transferscope.data.fingerprint import data_fingerprint, tensor_digest
 from transferscope.errors import UserError
 
 
 class ImageReader(Protocol):
-    """Decodes image i of a file-backed dataset to a uint8 (C, H, W) tensor of ``shape``."""
+    """Decodes image i of a file-backed dataset to a uint8 (C, H, W) tensor of ``shape``.
+
+    A reader may also have ``fingerprint() -> str``, a digest of the images it reads (e.g. of its
+    files' paths, sizes and modification times); an ImageData with a reader that has none needs
+    its ``fingerprint`` given."""
 
     shape: tuple[int, int, int]
 
@@ -44,6 +50,12 @@ class ImageData:
     is_test: torch.Tensor | None = None
     #: unreadable files that were skipped (with data.skip_corrupt = true)
     skipped: tuple[str, ...] = ()
+    #: equal if and only if the decoded dataset is the same (24 hex digits; see
+    #: :mod:`transferscope.data.fingerprint`). Loaders give it (from file statistics, or from the
+    #: decoded cache); when empty it is computed here: from the pixels in memory, or from the
+    #: reader's ``fingerprint()``, with the labels, test flags, class names and groups.
+    #: ``dataclasses.replace`` copies it: pass ``fingerprint=""`` when replacing content.
+    fingerprint: str = ""
 
     def __post_init__(self) -> None:
         if (self.x is None) == (self.reader is None):
@@ -55,6 +67,16 @@ class ImageData:
             raise ValueError(f"{self.name}: {self.y.shape[0]} labels for {n} images")
         if self.is_test is not None and self.is_test.shape != (n,):
             raise ValueError(f"{self.name}: is_test must have one entry per image")
+        if not self.fingerprint:
+            if self.x is not None:
+                images = tensor_digest(self.x)
+            elif callable(getattr(self.reader, "fingerprint", None)):
+                images = self.reader.fingerprint()  # type: ignore[union-attr]
+            else:
+                raise ValueError(f"{self.name}: a reader without a fingerprint() method needs "
+                                 "ImageData(fingerprint=...): a digest that changes whenever its images do")
+            object.__setattr__(self, "fingerprint",
+                               data_fingerprint(images, self.y, self.is_test, self.class_names, self.groups))
 
     @property
     def num_classes(self) -> int:

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from transferscope.config import DataConfig
-from transferscope.data.cache import CacheEntry, cache_dir, cache_key, file_stats, note
+from transferscope.data.cache import CacheEntry, cache_dir, cache_key, note
+from transferscope.data.files import check_folder, file_stats, os_error
 from transferscope.data.images import from_arrays, limit_bytes
 from transferscope.data.registry import ImageData, register_dataset
 from transferscope.errors import UserError
@@ -58,10 +59,10 @@ def _cached(cfg: DataConfig, root: Path, files: list[Path], build: Callable[[], 
     meta = entry.meta()
     data = entry.load() if meta is not None and entry.nbytes(meta) <= limit_bytes(cfg) else None
     if data is None:
-        note(f"reading {cfg.dataset} from {root} once; cached in {entry.dir}")
+        note(f"reading {cfg.dataset} from {root} ...")
         data = build()
-        if data.x is not None:
-            entry.save(data)
+        if data.x is not None and entry.save(data):
+            note(f"read {len(data.y):,} images of {cfg.dataset}; cached in {entry.dir}, so later loads skip reading")
     return data
 
 
@@ -78,8 +79,14 @@ def _combined(cfg: DataConfig, train: tuple[np.ndarray, np.ndarray], test: tuple
 
 
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except OSError as e:
+        raise os_error(path, e) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+        raise UserError(f"data.root: cannot read {path} ({type(e).__name__}: {e}); the file is damaged: "
+                        "delete it and fetch it again (data.download = true)") from None
 
 
 def _cifar(cfg: DataConfig, folder_name: str, train_files: list[str], test_file: str, meta_file: str,
@@ -88,6 +95,8 @@ def _cifar(cfg: DataConfig, folder_name: str, train_files: list[str], test_file:
     folder = root / folder_name
     names = [*train_files, test_file, meta_file]
     manual = f"download {url} and extract it into {root}"
+    check_folder(root)
+    check_folder(folder)
     if any(not (folder / n).is_file() for n in names):
         if not cfg.download:
             raise _missing(cfg, folder, [n for n in names if not (folder / n).is_file()], manual)
@@ -153,6 +162,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
+    except PermissionError as e:
+        raise os_error(path, e) from None
     except (OSError, EOFError) as e:
         raise UserError(f"data.root: cannot read {path} ({e}); the file is damaged, fetch it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
@@ -182,6 +193,8 @@ def _find_idx(folders: list[Path]) -> list[Path] | None:
 def _mnist_like(cfg: DataConfig, root: Path, subfolder: str, fetch: Callable[[str], object], url: str,
                 class_names: tuple[str, ...], flip_ok: bool) -> ImageData:
     folders = [root / subfolder / "raw", root]
+    for folder in (root, root / subfolder, *folders):
+        check_folder(folder)
     files = _find_idx(folders)
     manual = f"put the four IDX files ({', '.join(IDX_FILES)}, .gz or not) from {url} into {root}"
     if files is None:
@@ -233,6 +246,7 @@ def load_svhn(cfg: DataConfig) -> ImageData:
     root = _root(cfg)
     names = ["train_32x32.mat", "test_32x32.mat"]
     manual = f"download {', '.join(names)} from http://ufldl.stanford.edu/housenumbers/ into {root}"
+    check_folder(root)
     if any(not (root / n).is_file() for n in names):
         if not cfg.download:
             raise _missing(cfg, root, [n for n in names if not (root / n).is_file()], manual)
@@ -242,6 +256,8 @@ def load_svhn(cfg: DataConfig) -> ImageData:
     def part(path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             mat = loadmat(path)
+        except PermissionError as e:
+            raise os_error(path, e) from None
         except Exception as e:  # noqa: BLE001
             raise UserError(f"data.root: cannot read {path} ({e}); the file is damaged, fetch it again") from None
         y = mat["y"].reshape(-1).astype(np.int64)
@@ -268,6 +284,7 @@ def load_imagenet(cfg: DataConfig) -> ImageData:
     from transferscope.data.imagefolder import images_from_files
 
     root = _root(cfg)
+    check_folder(root)
     manual = IMAGENET_MANUAL.format(root=root)
     if cfg.download:
         raise UserError(f"data.download: ImageNet cannot be downloaded automatically; {manual}")
@@ -283,6 +300,8 @@ def load_imagenet(cfg: DataConfig) -> ImageData:
                         "for a quick study) to resize the shorter side and crop the centre square")
     try:
         parts = [ImageNet(str(root), split=s) for s in ("train", "val")]
+    except PermissionError as e:
+        raise os_error(e.filename or root, e, "file or folder") from None
     except (RuntimeError, OSError) as e:
         raise UserError(f"data.root: cannot read ImageNet in {root} ({e}); {manual}") from None
     wnids = tuple(parts[0].wnids)
