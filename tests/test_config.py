@@ -46,6 +46,11 @@ def test_resolved_config_round_trips(tmp_path):
     ("train.augment=maybe", r"train.augment: Input should be a valid boolean"),
     ("treatments.size_budget=equal", r"treatments.size_budget: Input should be 'steps' or 'epochs' \(got 'equal'\)"),
     ("noequals", r"expected key=value"),
+    # seeds reach NumPy's generators, which take no negative seed: refused here, not there
+    ("split.seed=-1", r"^defaults with --set: split\.seed: Input should be greater than or equal to 0 \(got -1\)$"),
+    ("seed=-1", r"^defaults with --set: seed: Input should be greater than or equal to 0 \(got -1\)$"),
+    ("split.sizes=[0, 3]", r"split\.sizes: .*each of \|A\| and \|B\| must be >= 1 \(got \(0, 3\)\)"),
+    ("split.sizes=[3, -2]", r"split\.sizes: .*each of \|A\| and \|B\| must be >= 1"),
 ])
 def test_errors_name_the_key(override, message):
     with pytest.raises(UserError, match=message):
@@ -87,3 +92,17 @@ def test_config_is_frozen():
 def test_toml_value_is_read_back_by_set(value):
     """What a refused resume tells the user to --set must mean the recorded value."""
     assert parse_override(f"key={toml_value(value)}") == ("key", value)
+
+
+@pytest.mark.parametrize("seed", [0, 2**63 - 1])
+def test_every_seed_the_configuration_accepts_reaches_numpy(tmp_path, seed):
+    """The ends of the allowed range (TOML integers stop at 2**63 - 1) seed every replicate's split
+    and partition (NumPy), as a study draws them."""
+    from transferscope.study import Study
+
+    study = tmp_path / "s.toml"
+    study.write_text(f"seed = {seed}\n[split]\nseed = {seed}\n")
+    prepared = Study.prepare(load_config(study, ["treatments.replicates=3"]))
+    for replicate in range(3):  # replicate r draws its split with split.seed + r
+        assert prepared.split(replicate).description.endswith(f"(seed {seed + replicate})")
+        assert len(prepared.task(replicate, "A").train) > 0

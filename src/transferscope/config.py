@@ -75,12 +75,20 @@ class SplitConfig(_Section):
     """
 
     kind: Literal["random", "file", "groups", "natural-vs-manmade"] = "random"
-    seed: int = 0
+    #: NumPy seeds its generator with ``seed + replicate``, which must not be negative
+    seed: int = Field(0, ge=0)
     sizes: tuple[int, int] | None = None
     file: str | None = None
     groups_file: str | None = None
     a_groups: tuple[str, ...] = ()
     b_groups: tuple[str, ...] = ()
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("each of |A| and |B| must be >= 1")
+        return v
 
     @model_validator(mode="after")
     def _kind_has_its_fields(self) -> SplitConfig:
@@ -219,7 +227,8 @@ class StudyConfig(_Section):
     """The whole study. ``seed`` roots every random stream (init, data order, augmentation)."""
 
     name: str = "study"
-    seed: int = 0
+    #: non-negative, like every seed (NumPy's generators take no negative seed)
+    seed: int = Field(0, ge=0)
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
