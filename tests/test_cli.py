@@ -54,7 +54,9 @@ def assert_user_error(proc: subprocess.CompletedProcess, *patterns: str) -> str:
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file of a study directory but the lock (whose holder line names the last driver)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
 
 
 # ----------------------------------------------------------------------------- one tiny study

@@ -3,6 +3,7 @@ turns its options into a :class:`StudyConfig` or a path and calls the library.""
 
 from __future__ import annotations
 
+import errno
 import functools
 import signal
 import sys
@@ -13,15 +14,21 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 
-from transferscope.errors import UserError
+from transferscope.errors import Interrupted, UserError, request_stop
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure how transferable a network's features are, layer by layer (Yosinski et al. 2014).")
 F = TypeVar("F", bound=Callable)
 
 
+#: operating-system errors that are the machine's state, not a bug: one line, no traceback
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 def _user_errors(fn: F) -> F:
-    """A user's mistake ends the command with one line on stderr and exit code 2, no traceback."""
+    """A user's mistake ends the command with one line on stderr and exit code 2, no traceback; a
+    full disk or a permission denied, with one line and exit code 1; SIGINT/SIGTERM, with one line
+    and the conventional 128 + signal number."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -30,6 +37,16 @@ def _user_errors(fn: F) -> F:
         except UserError as e:
             typer.echo(f"transferscope: error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            from transferscope.store import os_error_line
+
+            typer.echo(f"transferscope: error: {os_error_line(e)}", err=True)
+            raise typer.Exit(1) from None
+        except Interrupted as e:
+            typer.echo(f"transferscope: {e.summary or 'stopped'}", err=True)
+            raise typer.Exit(128 + e.signum) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -52,6 +69,7 @@ def run(
 ) -> None:
     """Run (or resume) a study: split the classes, train the base networks, every treatment at
     every cut point, then write the report."""
+    from transferscope import disk
     from transferscope.config import load_config
     from transferscope.study import Study, run_study
 
@@ -77,12 +95,17 @@ def run(
             budget = f"{epochs} epochs each"
         typer.echo(f"{len(study.plan)} runs ({', '.join(f'{v} {k}' for k, v in roles.items())}), "
                    f"{budget}, results in {out}")
+        typer.echo(f"disk: {disk.estimate(study, study.plan).describe(config.eval.save_weights)}; "
+                   f"{disk.gb(disk.free_bytes(out))} free there")
         return
     result = run_study(config, out, progress=not quiet)
     bad = result.failed
-    if len(bad):
-        typer.echo(f"{len(bad)} run(s) did not finish: " + ", ".join(f"{k} ({s})" for k, s in zip(bad["key"], bad["status"])), err=True)
-    if (bad["status"] == "failed").any():
+    if len(bad):  # the study is not complete: say which runs, and fail
+        counts = Counter(bad["status"])
+        shown = ", ".join(f"{k} ({st})" for k, st in zip(bad["key"][:10], bad["status"][:10]))
+        typer.echo(f"{len(bad)} of {len(result.plan)} planned runs are not done ("
+                   + ", ".join(f"{n} {st}" for st, n in counts.items()) + f"): {shown}"
+                   + (" ..." if len(bad) > 10 else "") + f"; see `transferscope status {out}`", err=True)
         raise typer.Exit(1)
 
 
@@ -94,7 +117,7 @@ def status(directory: Annotated[Path, typer.Argument(help="A study's results dir
     from transferscope.study import Study
 
     store = Store(directory)
-    study = Study.prepare(store.load_config(), splits=store.load_splits())
+    study = Study.open(store, images=False)
     recorded = {r["key"]: r for r in store.records()}
     counts = Counter(recorded[s.key]["status"] if s.key in recorded else "pending" for s in study.plan)
     typer.echo(f"{directory}: {len(study.plan)} runs: " + ", ".join(
@@ -102,8 +125,13 @@ def status(directory: Annotated[Path, typer.Argument(help="A study's results dir
     for s in study.plan:
         r = recorded.get(s.key)
         if r is not None and r["status"] != "done":
-            typer.echo(f"  {s.key}: {r['status']}" + (f" ({r['error']})" if r.get("error") else "")
+            error = str(r.get("error") or "").strip().splitlines()
+            typer.echo(f"  {s.key}: {r['status']}" + (f" ({error[0]})" if error else "")
                        + (f" at epoch {r['diverged_epoch']}" if r.get("diverged_epoch") else ""))
+    outside = sorted(set(recorded) - {s.key for s in study.plan})
+    if outside:  # a directory written by hand, or by a version that let a plan shrink
+        typer.echo(f"  {len(outside)} recorded run(s) outside the plan in {store.config_path}: {', '.join(outside[:5])}"
+                   + (" ..." if len(outside) > 5 else ""))
 
 
 @app.command()
@@ -137,7 +165,11 @@ def report(
     from transferscope.store import Store
     from transferscope.study import write_study_report
 
-    typer.echo(f"report: {write_study_report(Store(directory), compare=compare)}")
+    store = Store(directory)
+    store.load_config()  # a clear error when this is not a study directory
+    if compare is not None:
+        Store(compare).load_config()  # checked before anything is written
+    typer.echo(f"report: {write_study_report(store, compare=compare)}")
 
 
 @app.command()
@@ -179,6 +211,8 @@ def models() -> None:
 
 
 def main() -> None:
-    # SIGTERM ends the study like Ctrl-C: worker processes are stopped, what is recorded stays
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGTERM and Ctrl-C end a study the same way: worker processes stopped, what is recorded kept,
+    # one line saying so
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     sys.exit(app())

@@ -218,8 +218,9 @@ class EvalConfig(_Section):
     best_k: int = Field(5, ge=1)
     batch_size: int = Field(512, ge=1)
     #: which trained networks keep their weights (safetensors): the base networks (the sources of
-    #: every copy, always kept), also the fine-tuned ones (for the analyses of how far fine-tuning
-    #: moves each layer), or every run
+    #: every copy, always kept, in float32), also the ones fine-tuned on all their target data (the
+    #: analyses of how far fine-tuning moves each layer read them; float16), or every run (float16
+    #: but for the sources)
     save_weights: Literal["bases", "bases+finetuned", "all"] = "bases+finetuned"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from transferscope.config import StudyConfig
+from transferscope.errors import one_line
 from transferscope.runner import RunResult, Runner
 from transferscope.treatments import Job
 
@@ -47,7 +49,8 @@ class Finished:
 @dataclass
 class JobDone:
     job_key: str
-    error: str | None = None  # set when the job could not complete (after retries)
+    error: str | None = None  # one line, set when the job could not complete (after retries)
+    traceback: str | None = None  # the detail behind ``error``, for the study's errors.log
 
 
 Event = Epoch | Finished | JobDone
@@ -119,6 +122,7 @@ def _worker_main(config_dict: dict, store_root: str, threads: int, jobs: mp.Queu
     from transferscope.study import Study
 
     _exit_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver stops us
     torch.set_num_threads(threads)
     study = Study.prepare(config_from_dict(config_dict))
     runner = Runner(study, _load_weights(store_root))
@@ -129,9 +133,9 @@ def _worker_main(config_dict: dict, store_root: str, threads: int, jobs: mp.Queu
         try:
             for result in runner.run_job(job, on_epoch=lambda k, e, r: events.put(("epoch", k, e, r))):
                 events.put(("run", job.key, result))
-            events.put(("done", job.key, None))
-        except Exception:  # noqa: BLE001  (report, keep the worker alive)
-            events.put(("done", job.key, traceback.format_exc()))
+            events.put(("done", job.key, None, None))
+        except Exception as e:  # noqa: BLE001  (report, keep the worker alive)
+            events.put(("done", job.key, one_line(e), traceback.format_exc()))
 
 
 class ProcessExecutor:
@@ -223,7 +227,7 @@ class ProcessExecutor:
                     if job is not None and job.key == msg[1]:
                         self.holding[slot] = None
                 self._dispatch()
-                yield JobDone(msg[1], msg[2])
+                yield JobDone(msg[1], msg[2], msg[3])
 
     def close(self, abort: bool = False) -> None:
         """Stop the workers: let them finish their queue, or with ``abort`` end them now."""

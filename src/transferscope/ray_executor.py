@@ -111,7 +111,7 @@ class RayExecutor:
                 except self.ray.exceptions.RayError as e:  # retries exhausted, or the task raised
                     del self.running[gen]
                     lines = [ln for ln in str(e).splitlines() if ln.strip()]
-                    yield JobDone(job.key, f"{type(e).__name__}: {lines[-1] if lines else ''}")
+                    yield JobDone(job.key, f"{type(e).__name__}: {lines[-1] if lines else ''}", str(e))
                     continue
                 if item[0] == "epoch":
                     yield Epoch(item[1], item[2], item[3])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from transferscope.config import StudyConfig
+from transferscope.errors import one_line
 from transferscope.features import FeatureBank, FrozenFeatures, plan_views
 from transferscope.models.cutnet import CutNet
 from transferscope.precision import Numerics, resolve_device
@@ -131,7 +132,8 @@ class Runner:
                 numerics=self.numerics, features=features, budget=self.study.budget(spec),
                 on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
         except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)
-            return RunResult(make_record(self.study, spec, status="failed", error=f"{type(e).__name__}: {e}",
+            # the driver moves the traceback to the study's errors.log; the record keeps one line
+            return RunResult(make_record(self.study, spec, status="failed", error=one_line(e),
                                          traceback=traceback.format_exc(), wall_time_s=time.perf_counter() - start))
         cache = ({"views": len(features.train_views), "memory_mb": round(features.nbytes / 2**20, 2),
                   "build_time_s": round(feature_time, 3)} if features is not None else None)
@@ -152,11 +154,18 @@ class _Recompute(Exception):
 
 def keeps_weights(config: StudyConfig, spec: RunSpec) -> bool:
     """Base networks trained on all their data always keep their weights (every copy starts from
-    them); ``eval.save_weights`` adds the fine-tuned networks, or every run."""
+    them); ``eval.save_weights`` adds the networks fine-tuned on all their target data (the
+    analyses of how far fine-tuning moves each layer read them), or every run."""
     mode = config.eval.save_weights
-    if spec.role == "base" and spec.size is None:
+    if is_source(spec):
         return True
-    return mode == "all" or (mode == "bases+finetuned" and spec.role.endswith("+"))
+    return mode == "all" or (mode == "bases+finetuned" and spec.role.endswith("+") and spec.size is None)
+
+
+def is_source(spec: RunSpec) -> bool:
+    """Whether ``spec`` trains a network that transfers copy from (kept exactly, in float32; the
+    other kept networks are only analysed, and kept in float16)."""
+    return spec.role == "base" and spec.size is None
 
 
 def shares_frozen_features(config: StudyConfig) -> bool:

@@ -2,11 +2,18 @@
 
 Layout of a study directory::
 
-    config.toml             the resolved configuration (a resume must match it)
+    config.toml             the resolved configuration (a resume must match it); its plan
+                            covers every run recorded here
+    study.json              what else a resume must match: the data's fingerprint (and its
+                            shape, classes and counts, so status and report work without it)
+                            and the resolved device and precision
     splits.json             each replicate's class split, with class names
     runs/<key>.json         one record per finished run (written atomically when it finishes)
-    weights/<key>.safetensors   base network weights (the sources of every transfer)
+    weights/<key>.safetensors   base network weights (the sources of every transfer), and the
+                            fine-tuned networks' in float16 (eval.save_weights)
+    errors.log              the tracebacks behind failed runs' one-line errors
     report/                 figures, tables and report.md
+    .lock                   held (flock) by the one driver running the study
 
 Every file is written to a temporary name and renamed into place, so a process killed at any
 moment leaves either the whole file or none of it: at most the run in progress is lost.
@@ -14,16 +21,22 @@ moment leaves either the whole file or none of it: at most the run in progress i
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import shlex
+import socket
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from transferscope.config import StudyConfig, dump_toml, load_config, toml_value
 from transferscope.errors import UserError
@@ -94,11 +107,78 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else toml_value(value)
 
 
+#: fields every run record has (a file without them is not a run record)
+RECORD_FIELDS = {"key": str, "replicate": int, "treatment": str, "role": str, "target": str, "n": int, "status": str}
+#: a run's outcome: done, or why not
+STATUSES = ("done", "diverged", "failed", "skipped")
+#: float tensors of fine-tuned networks are kept in float16 (half the bytes; the analyses that read
+#: them, CKA and filter changes, see differences far above its 2^-11 relative rounding)
+HALF = torch.float16
+
+
+def os_error_line(e: OSError, path: str | Path | None = None, *, resume: bool = True) -> str:
+    """One line for an operating-system error on a study's files: the file, what went wrong, and
+    what to do."""
+    where = path if path is not None else (e.filename or "a study file")
+    why = e.strerror or str(e)
+    advice = {
+        errno.ENOSPC: "free some space (or choose another --output)",
+        errno.EDQUOT: "free some space within your quota (or choose another --output)",
+        errno.EACCES: "make it writable by you (or choose another --output)",
+        errno.EPERM: "make it writable by you (or choose another --output)",
+        errno.EROFS: "the file system is read-only: choose another --output",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: choose another --output",
+        errno.EEXIST: "it is a file, not a folder: choose another --output",
+    }.get(e.errno or 0, "check the path (or choose another --output)")
+    tail = "; what is recorded is kept: run the same command to resume" if resume else ""
+    return f"{where}: {why}; {advice}{tail}"
+
+
+class StudyLocked(UserError):
+    """Another driver holds the study directory."""
+
+
 class Store:
     """A study directory."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    # -- the directory and its one driver ---------------------------------------------------------
+    def make_root(self) -> None:
+        """Create the study directory (a clear error where it cannot be)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: is a file, not a study directory; choose another --output")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the study directory {self.root}: " + os_error_line(e, e.filename or self.root,
+                                                                                               resume=False)) from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the study for one driver: an exclusive flock on ``.lock``, released when the block
+        ends or the process dies (the OS drops it). A second driver gets :class:`StudyLocked`
+        naming the holder (host, pid, since when)."""
+        self.make_root()
+        path = self.root / ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(os_error_line(e, path, resume=False)) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+                raise StudyLocked(f"{self.root}: another transferscope driver is running this study ({holder}); "
+                                  "wait for it to finish or stop it, or use another --output") from None
+            since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {since}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock (the holder line stays: it is only read under contention)
 
     # -- configuration ------------------------------------------------------------------------
     @property
@@ -113,25 +193,72 @@ class Store:
             raise UserError(f"{self.root}: not a transferscope study directory (no {CONFIG_FILE})")
         return load_config(self.config_path)
 
-    def init(self, config: StudyConfig) -> None:
-        """Start a new study here, or check that the one here has the same configuration (and
-        remove the temporary files a killed process left behind)."""
+    def init(self, config: StudyConfig, identity: dict[str, Any], plan: list[str]) -> None:
+        """Start a new study here, or check that the one here is the same study: the same
+        configuration (but for its name, plan and where runs execute), the same data and numerics
+        (``identity``), and a plan (run keys) that keeps every recorded run. Call it holding
+        :meth:`lock`; it removes the temporary files a killed process left behind."""
         if self.exists():
             recorded = self.load_config()
             # the name and where runs execute do not change what a run computes (torch's thread
-            # count does), and the plan may grow or shrink (more replicates, cut points,
-            # treatments): each run's result depends only on its own key and the rest of the
-            # configuration
+            # count does), and the plan may grow (more replicates, cut points, treatments): each
+            # run's result depends only on its own key and the rest of the configuration
             changed = _diffs(recorded.to_dict(), config.to_dict())
             diffs = [d for d in changed if _is_identity(d[0])]
             if diffs:
                 raise UserError(_refusal(self.root, diffs))
-            if changed:
-                atomic_write(self.config_path, dump_toml(config).encode())
+            self._check_identity(identity)
+            self._check_plan(recorded, config, set(plan))
             for stale in [*self.root.glob("runs/.*.tmp"), *self.root.glob("weights/.*.tmp"), *self.root.glob(".*.tmp")]:
                 stale.unlink(missing_ok=True)
+            if changed:
+                atomic_write(self.config_path, dump_toml(config).encode())
+        else:
+            atomic_write(self.config_path, dump_toml(config).encode())
+        atomic_write(self.root / STUDY_FILE, json.dumps(identity, indent=1).encode())
+
+    def identity(self) -> dict[str, Any]:
+        """study.json: the data's fingerprint and description, the resolved numerics ({} for a
+        study written before it existed)."""
+        path = self.root / STUDY_FILE
+        if not path.is_file():
+            return {}
+        try:
+            out = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: unreadable ({e}); delete it: the next run writes it again") from None
+        if not isinstance(out, dict):
+            raise UserError(f"{path}: not a study description (a JSON object); delete it: the next run writes it again")
+        return out
+
+    def _check_identity(self, identity: dict[str, Any]) -> None:
+        old = self.identity()
+        if not old:
+            return  # written by a version without study.json: nothing to compare yet
+        was, now = old.get("data", {}), identity.get("data", {})
+        if was.get("fingerprint") != now.get("fingerprint"):
+            raise UserError(f"{self.root}: the dataset changed since this study ran ({_data_change(was, now)}); "
+                            "its runs must all see the same images: restore the data, or use another --output")
+        for key, value in identity.get("numerics", {}).items():
+            before = old.get("numerics", {}).get(key)
+            if before is not None and before != value:
+                setting = {"device": "execution.device", "precision": "train.precision"}.get(key, key)
+                raise UserError(f"{self.root}: its runs ran with {key} {before}, this machine gives {value}; "
+                                f"their numbers would not be comparable: resume with --set {setting}={before} where "
+                                "that is available, or use another --output")
+
+    def _check_plan(self, recorded: StudyConfig, config: StudyConfig, plan: set[str]) -> None:
+        keys = {r["key"] for r in self.records()}
+        dropped = sorted(keys - plan)
+        if not dropped:
             return
-        atomic_write(self.config_path, dump_toml(config).encode())
+        changed = [(k, old, new) for k, old, new in _diffs(recorded.to_dict(), config.to_dict()) if k in PLAN_KEYS]
+        shown = "; ".join(f"{k}: recorded {_shown(old)}, now {_shown(new)}" for k, old, new in changed)
+        back = " ".join(f"--set {shlex.quote(f'{k}={toml_value(old)}')}" for k, old, _ in changed if old is not None)
+        raise UserError(f"{self.root}: this plan leaves out {len(dropped)} recorded run(s) (e.g. "
+                        f"{', '.join(dropped[:3])}){f' ({shown})' if shown else ''}; a study's plan may grow but "
+                        f"must keep every recorded run: resume with {back or 'the plan in ' + str(self.config_path)}, "
+                        "or use another --output")
 
     def save_splits(self, splits: dict[int, dict[str, Any]]) -> None:
         atomic_write(self.root / "splits.json", json.dumps({f"r{r}": s for r, s in splits.items()}, indent=2).encode())
@@ -143,7 +270,7 @@ class Store:
             return {}
         try:
             return {int(k[1:]): v for k, v in json.loads(path.read_text()).items()}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, AttributeError) as e:
             raise UserError(f"{path}: unreadable ({e}); delete it and run the study again to rewrite it") from None
 
     # -- runs -------------------------------------------------------------------------------------
@@ -160,38 +287,98 @@ class Store:
         out = []
         for path in sorted((self.root / "runs").glob("*.json")):
             try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError) as e:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
                 raise UserError(f"{path}: unreadable run record ({e}); delete it to run that network again") from None
+            problem = _record_problem(record, path.stem)
+            if problem:
+                raise UserError(f"{path}: not a transferscope run record ({problem}); delete it to run that network "
+                                "again") from None
+            out.append(record)
         return out
+
+    # -- errors -----------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.root / "errors.log"
+
+    def log_error(self, key: str, text: str) -> Path:
+        """Append the traceback behind run ``key``'s one-line error to errors.log."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.log_path, "a") as f:
+            f.write(f"=== {stamp} {key}\n{text.rstrip()}\n\n")
+        return self.log_path
 
     # -- weights ----------------------------------------------------------------------------------
     def weights_path(self, key: str) -> Path:
         return self.root / "weights" / f"{key}.safetensors"
 
-    def save_weights(self, key: str, state: dict[str, torch.Tensor]) -> None:
-        path = self.weights_path(key)
-        fd, tmp = _temp_beside(path)
-        os.close(fd)
-        try:
-            save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def save_weights(self, key: str, state: dict[str, torch.Tensor], half: bool = False) -> None:
+        """Write a network's weights; with ``half``, float tensors in float16 where they fit
+        (a tensor beyond float16's range stays float32)."""
+        tensors = {}
+        for k, v in state.items():
+            v = v.detach().contiguous()
+            if half and v.is_floating_point() and v.dtype != HALF and bool(torch.isfinite(v.to(HALF)).all()):
+                v = v.to(HALF)
+            tensors[k] = v
+        atomic_write(self.weights_path(key), save(tensors))
 
     def load_weights(self, key: str) -> dict[str, torch.Tensor]:
+        """A network's weights, float tensors as float32."""
         path = self.weights_path(key)
         try:
-            return load_file(path)
+            state = load_file(path)
         except (OSError, Exception) as e:  # safetensors raises its own error types
-            raise UserError(f"{path}: cannot read base network weights ({e}); delete {self.run_path(key)} "
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"{path}: cannot read network weights ({detail}); delete {self.run_path(key)} "
                             "to train that network again") from None
+        return {k: v.float() if v.dtype == HALF else v for k, v in state.items()}
 
     # -- tables -----------------------------------------------------------------------------------
     def frame(self) -> pd.DataFrame:
         """One row per recorded run: identity, status, metrics, sizes and time."""
         return runs_frame(self.records())
+
+
+STUDY_FILE = "study.json"
+
+
+def _record_problem(record: Any, stem: str) -> str | None:
+    """What makes ``record`` not a run record, or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    missing = [k for k in RECORD_FIELDS if k not in record]
+    if missing:
+        return f"no {', '.join(missing)}"
+    wrong = [f"{k} is {type(record[k]).__name__}, not {t.__name__}" for k, t in RECORD_FIELDS.items()
+             if not isinstance(record[k], t) or (t is int and isinstance(record[k], bool))]
+    if wrong:
+        return "; ".join(wrong)
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    if record["key"] != stem:
+        return f"its key {record['key']!r} does not match the file name"
+    return None
+
+
+def _data_change(was: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between two data descriptions, in words."""
+    parts = []
+    if was.get("images") != now.get("images"):
+        parts.append(f"{was.get('images')} images recorded, {now.get('images')} now")
+    old_classes, new_classes = was.get("class_names", []), now.get("class_names", [])
+    if old_classes != new_classes:
+        added, gone = sorted(set(new_classes) - set(old_classes)), sorted(set(old_classes) - set(new_classes))
+        parts.append("classes " + ", ".join([*(f"+{c}" for c in added[:5]), *(f"-{c}" for c in gone[:5])]
+                                            or ["reordered"]))
+    counts = [f"{c}: {n} -> {now['per_class'][c]}" for c, n in was.get("per_class", {}).items()
+              if c in now.get("per_class", {}) and now["per_class"][c] != n]
+    if counts:
+        parts.append("images per class " + ", ".join(counts[:5]) + (" ..." if len(counts) > 5 else ""))
+    if was.get("image_shape") != now.get("image_shape"):
+        parts.append(f"image shape {was.get('image_shape')} recorded, {now.get('image_shape')} now")
+    return "; ".join(parts) or "same counts, different pixels or files"
 
 
 def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
