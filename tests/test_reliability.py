@@ -378,13 +378,14 @@ def test_a_real_full_disk(tmp_path):
         try:
             wait_for(lambda: (study / "runs").is_dir() and len(list((study / "runs").glob("*.json"))) >= 1,
                      "a record", driver)
-            with open(filler, "wb") as f:  # fill the disk to the last byte
-                try:
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the disk to the last byte (unbuffered)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 65536)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+            finally:
+                os.close(fd)
             driver.wait(timeout=120)
         finally:
             if driver.poll() is None:
