@@ -414,6 +414,23 @@ def test_dry_run_states_the_disk_a_plan_writes(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_the_disk_estimate_matches_what_a_study_wrote(small_study):
+    """The weights to within 5% plus the headers' rounding up (the value counts are exact), and the
+    whole no less than the directory holds."""
+    from transferscope import disk
+    from transferscope.store import Store
+    from transferscope.study import Study
+
+    study = Study.open(Store(small_study), images=False)
+    est = disk.estimate(study, study.plan)
+    weights = sum(p.stat().st_size for p in (small_study / "weights").iterdir())
+    files = sum(est.networks.values())
+    assert files == len(list((small_study / "weights").iterdir()))
+    assert abs(est.source_bytes + est.analysed_bytes - weights) < 0.05 * weights + disk.HEADER_BYTES * files, \
+        (est, weights)
+    assert est.total >= sum(p.stat().st_size for p in small_study.rglob("*") if p.is_file())
+
+
 # ------------------------------------------------------------------------------ weights on disk
 
 

@@ -26,9 +26,12 @@ if TYPE_CHECKING:
     from transferscope.study import Study
 
 #: bytes of one run record: configuration, provenance and split (fixed), one history row per epoch
-RECORD_BYTES, RECORD_EPOCH_BYTES = 12_000, 400
-#: the report: figures (PNG), tables and the HTML page (measured: 2-6 MB on the default study)
-REPORT_BYTES = 20_000_000
+#: (rounded up: the default study's 260 records of 20 epochs take 5.1 kB each)
+RECORD_BYTES, RECORD_EPOCH_BYTES = 4_000, 150
+#: a weights file's header (tensor names, shapes, offsets), on top of the values
+HEADER_BYTES = 2_000
+#: the report: figures (PNG), tables and the HTML page (rounded up: 1.8 MB on the default study)
+REPORT_BYTES = 5_000_000
 #: a study may use at most this share of the free space (the file system needs room too)
 HEADROOM = 0.95
 
@@ -69,8 +72,8 @@ def network_bytes(study: Study, spec: RunSpec, bytes_per_value: int) -> int:
     m = study.config.model
     with torch.device("meta"):
         net = create_model(m.arch, len(study.split(spec.replicate).classes(spec.target)), study.image_shape, m.options)
-    return sum(t.numel() * (bytes_per_value if t.is_floating_point() else t.element_size())
-               for t in net.state_dict().values())
+    return HEADER_BYTES + sum(t.numel() * (bytes_per_value if t.is_floating_point() else t.element_size())
+                              for t in net.state_dict().values())
 
 
 def estimate(study: Study, specs: list[RunSpec], report: bool = True) -> DiskEstimate:
