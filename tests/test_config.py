@@ -36,7 +36,8 @@ def test_resolved_config_round_trips(tmp_path):
     ("colour=3", r"colour: unknown key"),
     ("train.epochs=0", r"train.epochs: Input should be greater than or equal to 1"),
     ("split.kind=foo", r"split.kind: Input should be 'random', 'file', 'groups' or 'natural-vs-manmade'"),
-    ('treatments.names=["XnY"]', r"treatments.names.0: Input should be 'base', 'BnB', 'BnB\+', 'AnB', 'AnB\+' or 'random'"),
+    ('treatments.names=["XnY"]', r"treatments.names.0: Input should be 'base', 'BnB', 'BnB\+', 'AnB', 'AnB\+', "
+                                 r"'random' or 'AnB-adabn' \(got 'XnY'\)"),
     ('treatments.cut_points="some"', r'treatments.cut_points: .*expected "all" or a list of layer numbers'),
     ("treatments.names=[]", r"treatments.names: .*must not be empty"),
     ('treatments.targets=["C"]', r"treatments.targets.0: Input should be 'A' or 'B'"),

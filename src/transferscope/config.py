@@ -17,10 +17,13 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from transferscope.errors import UserError
+from transferscope.treatments import DEFAULT_NAMES, NAMES
 
-#: Treatments as the paper names them for target task B. With ``targets`` including "A", each is
-#: mirrored (BnB -> AnA, AnB -> BnA, random -> randomA).
-TREATMENTS = ("base", "BnB", "BnB+", "AnB", "AnB+", "random")
+#: Treatments as the paper names them for target task B (the table of transferscope.treatments),
+#: the default ones first. With ``targets`` including "A", each is mirrored (BnB -> AnA, AnB -> BnA,
+#: random -> randomA).
+TREATMENTS = NAMES
+TreatmentName = Literal[NAMES]  # type: ignore[valid-type]
 #: how long a run on reduced target data trains (``treatments.size_budget``)
 SizeBudget = Literal["steps", "epochs"]
 
@@ -110,7 +113,9 @@ class ModelConfig(_Section):
 class TreatmentConfig(_Section):
     """Which treatments, at which cut points, in which directions, how many replicates."""
 
-    names: tuple[Literal["base", "BnB", "BnB+", "AnB", "AnB+", "random"], ...] = TREATMENTS
+    #: which treatments (transferscope.treatments.TREATMENTS): the paper's by default; AnB-adabn
+    #: is asked for by name
+    names: tuple[TreatmentName, ...] = DEFAULT_NAMES
     cut_points: tuple[int, ...] | Literal["all"] = "all"
     targets: tuple[Literal["A", "B"], ...] = ("B", "A")
     replicates: int = Field(5, ge=1)

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from transferscope.config import StudyConfig
+from transferscope.data.augment import normalize
 from transferscope.errors import one_line
 from transferscope.features import FeatureBank, FrozenFeatures, plan_views
 from transferscope.models.cutnet import CutNet
 from transferscope.precision import Numerics, resolve_device
 from transferscope.provenance import provenance
 from transferscope.seeds import derive_seed
-from transferscope.surgery import freeze, parameter_counts, transplant
+from transferscope.surgery import freeze, parameter_counts, reestimate_bn, transplant
 from transferscope.train import train_network
 from transferscope.treatments import Job, RunSpec
 
@@ -50,7 +51,8 @@ def make_record(study: Study, spec: RunSpec, **fields: Any) -> dict[str, Any]:
         "frozen_layers": spec.frozen,
         "copied_layers": spec.copied, "source_network": spec.source_net, "depends_on": spec.depends_on,
         "split": {"A": list(split.names("A")), "B": list(split.names("B")), "description": split.description},
-        "seeds": {"study": seed, "init": derive_seed("init", seed, spec.key), "data": derive_seed("data", seed, spec.key),
+        "seeds": {"study": seed, "init": derive_seed("init", seed, spec.seed_key),
+                  "data": derive_seed("data", seed, spec.seed_key),
                   "partition": derive_seed("partition", seed, spec.replicate, spec.target)},
         "config": study.config.to_dict(), **fields, **provenance(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -64,6 +66,7 @@ class Runner:
         cfg = study.config
         self.numerics = Numerics.resolve(cfg.train, resolve_device(cfg.execution.device))
         self._sources: dict[str, CutNet] = {}
+        self._adapted: dict[tuple, CutNet] = {}
 
     # -- networks -------------------------------------------------------------------------------
     def source_network(self, spec: RunSpec) -> CutNet:
@@ -72,19 +75,41 @@ class Runner:
         key = spec.source_net
         assert key is not None
         if key not in self._sources:
-            task = spec.source if spec.role != "random" else spec.target
+            trained = spec.kind.copies != "random"
+            task = spec.source if trained else spec.target
             net = self.study.new_network(spec, task, key)  # type: ignore[arg-type]
-            if spec.role != "random":
+            if trained:
                 net.load_state_dict(self.load_source(key))
             self._sources[key] = self.numerics.prepare_model(net).eval()  # type: ignore[assignment]
         return self._sources[key]
 
+    def prefix_network(self, spec: RunSpec) -> CutNet:
+        """The network whose layers 1..n this run copies: the source network, or where the
+        treatment re-estimates BatchNorm statistics on the target (``Treatment.bn_stats``), the
+        source with those of layers 1..(the study's highest cut point) re-estimated on the run's
+        un-augmented training images, once per source and training data. Layer k's statistics
+        depend on layers 1..k only, so every cut point takes its prefix from this one network."""
+        source = self.source_network(spec)
+        if spec.kind.bn_stats == "source":
+            return source
+        key = (spec.prefix_net, spec.task_key)
+        if key not in self._adapted:
+            task, numerics = self.study.task(*spec.task_key), self.numerics
+
+            def images() -> Iterator[torch.Tensor]:
+                for x, _ in task.train.batches(512):
+                    yield numerics.prepare_input(normalize(x.to(numerics.device), task.mean, task.std))
+
+            with numerics.autocast():
+                self._adapted[key] = reestimate_bn(source, max(self.study.cut_points), images)
+        return self._adapted[key]
+
     def build_network(self, spec: RunSpec) -> CutNet:
-        """Fresh weights (the base networks' initialiser, drawn from the run's own seed), layers
-        1..n copied from the source network where the treatment has one, layers 1..frozen frozen."""
-        net = self.study.new_network(spec, spec.target, spec.key)
+        """Fresh weights (the base networks' initialiser, drawn from the run's seed key), layers
+        1..n copied from the prefix network where the treatment has one, layers 1..frozen frozen."""
+        net = self.study.new_network(spec, spec.target, spec.seed_key)
         if spec.copied:
-            net = transplant(self.source_network(spec), net, spec.copied)
+            net = transplant(self.prefix_network(spec), net, spec.copied)
         net = freeze(net, spec.frozen, bn_affine=self.study.config.treatments.frozen_bn == "train-affine")
         return self.numerics.prepare_model(net)  # type: ignore[return-value]
 
@@ -101,7 +126,7 @@ class Runner:
         cfg = self.study.config.train
         task = self.study.task(*first.task_key)
         try:
-            source = self.source_network(first)
+            source = self.prefix_network(first)
             views = plan_views(source, task, self.numerics, tuple(s.n for s in job.specs), cfg.feature_views,
                                cfg.augment, cfg.feature_memory_gb * 2**30)
             if views == 0:
@@ -128,7 +153,7 @@ class Runner:
             cfg = self.study.config
             outcome = train_network(
                 net, self.study.task(*spec.task_key), cfg.train, cfg.eval, copied=spec.copied,
-                data_seed=derive_seed("data", cfg.seed, spec.key), flip=self.study.flip,
+                data_seed=derive_seed("data", cfg.seed, spec.seed_key), flip=self.study.flip,
                 numerics=self.numerics, features=features, budget=self.study.budget(spec),
                 on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
         except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)
@@ -159,13 +184,13 @@ def keeps_weights(config: StudyConfig, spec: RunSpec) -> bool:
     mode = config.eval.save_weights
     if is_source(spec):
         return True
-    return mode == "all" or (mode == "bases+finetuned" and spec.role.endswith("+") and spec.size is None)
+    return mode == "all" or (mode == "bases+finetuned" and spec.kind.analysed and spec.size is None)
 
 
 def is_source(spec: RunSpec) -> bool:
     """Whether ``spec`` trains a network that transfers copy from (kept exactly, in float32; the
     other kept networks are only analysed, and kept in float16)."""
-    return spec.role == "base" and spec.size is None
+    return spec.kind.is_base and spec.size is None
 
 
 def shares_frozen_features(config: StudyConfig) -> bool:

@@ -1,37 +1,219 @@
-"""The treatments of the study and the plan of runs they make.
+"""The treatments of the study, declared once, and the plan of runs they make.
 
-For target task T and the other task S, at cut point n:
+For target task T and the other task S, at cut point n (the paper's Fig. 1):
 
-=========  ===========  ==========  ====================================================
-paper      role         source      network
-=========  ===========  ==========  ====================================================
-baseT      base         --          all layers trained from scratch on T
-TnT        selffer      baseT       layers 1..n copied from baseT and frozen, rest re-initialised
-TnT+       selffer+     baseT       the same, every layer fine-tuned
-SnT        transfer     baseS       layers 1..n copied from baseS and frozen, rest re-initialised
-SnT+       transfer+    baseS       the same, every layer fine-tuned
-randomT    random       randomT     layers 1..n keep their random initial weights, frozen
-=========  ===========  ==========  ====================================================
+=============  ==============  ==========  ===============================================================
+name (T = B)   role            copies      network
+=============  ==============  ==========  ===============================================================
+base           base            --          all layers trained from scratch on T
+BnB            selffer         baseT       layers 1..n copied from baseT and frozen, rest re-initialised
+BnB+           selffer+        baseT       the same, every layer fine-tuned
+AnB            transfer        baseS       layers 1..n copied from baseS and frozen, rest re-initialised
+AnB+           transfer+       baseS       the same, every layer fine-tuned
+random         random          randomT     layers 1..n keep their random initial weights, frozen
+AnB-adabn      transfer-adabn  baseS       as AnB, with the frozen layers' BatchNorm statistics
+                                           re-estimated on T's training images (AdaBN)
+=============  ==============  ==========  ===============================================================
 
-The random control's prefix comes from one untrained network per replicate and target (key
-``r<r>-random<T>``), so its cut points share a frozen prefix like the other frozen treatments do.
+:data:`TREATMENTS` is the only place this vocabulary is written: the configuration's accepted
+names, the plan, how a network is built (what is copied, frozen, re-estimated), which weights are
+kept, the statistics' labels and decomposition, the figures and the analyses all read it. Adding a
+treatment is one :class:`Treatment` entry (and its tests).
 
 The study file names treatments as the paper does for target B (BnB, AnB+, ...); each is run for
-every target in ``treatments.targets`` (target A mirrors the names: AnA, BnA+, ...).
+every target in ``treatments.targets`` (target A mirrors the names: AnA, BnA+, ...), by the entry's
+``pattern``. The random control's prefix comes from one untrained network per replicate and target
+(key ``r<r>-random<T>``), so its cut points share a frozen prefix like the other frozen treatments do.
+
+AdaBN (Li et al. 2016, "Revisiting batch normalization for practical domain adaptation") keeps the
+transferred weights and replaces only the normalisation statistics: :func:`~transferscope.surgery.reestimate_bn`
+recomputes the running mean and variance of every BatchNorm in layers 1..n on the target task's
+training images (un-augmented: the statistics describe the images the frozen layers will see at test
+time, and do not depend on an augmentation draw), layer by layer from the bottom. The statistics of
+layer k then depend only on layers 1..k, so one adapted source network per target task serves every
+cut point (the cached frozen features stay exact). An AnB-adabn run takes its initialisation and
+data-order seeds from the AnB run of the same replicate, target and n (``seeds_from``), so the two
+differ by the statistics alone; on an architecture without BatchNorm there is nothing to re-estimate
+and AnB-adabn trains exactly what AnB trains (same record but for its name and role).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from transferscope.config import StudyConfig
+if TYPE_CHECKING:
+    from transferscope.config import StudyConfig
 
-#: study-file name -> (role, source is the target's own base?)
-ROLES = {"BnB": "selffer", "BnB+": "selffer+", "AnB": "transfer", "AnB+": "transfer+", "random": "random"}
+#: which network layers 1..n start from: the target task's own base network, the other task's,
+#: or the untrained network of the replicate and target; None: nothing is copied (a base network)
+Copies = Literal["target", "other", "random"]
+#: the BatchNorm running statistics of the copied layers: the source network's, or re-estimated on
+#: the target task's training images before the upper layers train
+BnStats = Literal["source", "target"]
+FigureName = Literal["fig2", "fig3"]
 
 
 def other(task: str) -> str:
     return "A" if task == "B" else "B"
+
+
+@dataclass(frozen=True)
+class Style:
+    """How the figures draw a treatment."""
+
+    color: str
+    marker: str
+    offset: float  # horizontal shift at each n, so treatments sit side by side
+    spread: float = 0.035  # half-width of the random jitter of single networks
+    face: str | None = None  # marker face colour when it differs from ``color``
+
+
+@dataclass(frozen=True)
+class Treatment:
+    """One treatment of the study, everything that depends on which treatment a run is."""
+
+    #: the study-file name, written for target B (``treatments.names``)
+    name: str
+    #: the direction-free name the run table, statistics and analyses group by (BnB and AnA are
+    #: both "selffer")
+    role: str
+    #: how figures and tables label it
+    label: str
+    #: the run's own name for target ``{T}`` with ``{O}`` the other task (BnA+ is "{O}n{T}+" for T=A)
+    pattern: str
+    #: which network layers 1..n are copied from (None: nothing, a base network)
+    copies: Copies | None
+    #: whether the copied layers train with the rest (False: frozen, learning rate 0)
+    fine_tuned: bool
+    #: the BatchNorm running statistics of the copied layers (see :data:`BnStats`)
+    bn_stats: BnStats
+    #: in which of the paper's figures it is drawn (base is the reference line of both)
+    figures: tuple[FigureName, ...]
+    style: Style
+    #: whether its networks fine-tuned on all their target data are kept under
+    #: ``eval.save_weights = "bases+finetuned"`` and compared with their sources (CKA)
+    analysed: bool = False
+    #: repeated on reduced target data (``treatments.target_sizes``), for freeze or fine-tune
+    at_target_sizes: bool = False
+    #: the treatment whose run at the same replicate, target, n and size gives this one its
+    #: initialisation and data-order seeds (None: its own key): a variant drawn with the same
+    #: random numbers as what it varies, so the two differ by the treatment alone
+    seeds_from: str | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.copies is None
+
+    @property
+    def reinitialised(self) -> str:
+        """What starts from fresh weights (the base networks' initialiser, the run's own seed)."""
+        return "every layer" if self.is_base else "layers n+1 and above"
+
+    @property
+    def decomposition(self) -> tuple[tuple[str, int], ...]:
+        """Its part in the decomposition: (quantity, +1 as minuend or -1 as subtrahend)."""
+        return tuple((c.name, 1 if c.minuend == self.role else -1) for c in DECOMPOSITION
+                     if self.role in (c.minuend, c.subtrahend))
+
+    def frozen_layers(self, n: int) -> int:
+        """How many leading layers stay frozen at cut point n."""
+        return n if self.copies is not None and not self.fine_tuned else 0
+
+    def run_name(self, target: str) -> str:
+        """The run's own paper-style name for ``target``: baseA, AnB+, BnA, randomB, ..."""
+        return self.pattern.format(T=target, O=other(target))
+
+    def source(self, target: str) -> str | None:
+        """The task whose base network donates layers 1..n (None for base and random)."""
+        return {"target": target, "other": other(target)}.get(self.copies or "")
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A quantity of the paper's decomposition: one role minus another, paired per replicate and
+    target task (the words for each are report/markdown.py's)."""
+
+    name: str
+    minuend: str
+    subtrahend: str
+
+
+#: Every treatment, in the order of figures and tables.
+TREATMENTS: tuple[Treatment, ...] = (
+    Treatment(name="base", role="base", label="base", pattern="base{T}", copies=None, fine_tuned=False,
+              bn_stats="source", figures=("fig2", "fig3"), style=Style("black", "o", 0.0, spread=0.12, face="white"),
+              at_target_sizes=True),
+    Treatment(name="BnB", role="selffer", label="BnB", pattern="{T}n{T}", copies="target", fine_tuned=False,
+              bn_stats="source", figures=("fig2", "fig3"), style=Style("#08306b", "o", -0.18)),
+    Treatment(name="BnB+", role="selffer+", label="BnB+", pattern="{T}n{T}+", copies="target", fine_tuned=True,
+              bn_stats="source", figures=("fig2", "fig3"), style=Style("#4f9fdc", "P", -0.06), analysed=True),
+    Treatment(name="AnB", role="transfer", label="AnB", pattern="{O}n{T}", copies="other", fine_tuned=False,
+              bn_stats="source", figures=("fig2", "fig3"), style=Style("#99000d", "D", 0.06), at_target_sizes=True),
+    Treatment(name="AnB+", role="transfer+", label="AnB+", pattern="{O}n{T}+", copies="other", fine_tuned=True,
+              bn_stats="source", figures=("fig2", "fig3"), style=Style("#f47a6b", "P", 0.18), analysed=True,
+              at_target_sizes=True),
+    Treatment(name="random", role="random", label="random", pattern="random{T}", copies="random", fine_tuned=False,
+              bn_stats="source", figures=("fig3",), style=Style("#5a5a5a", "^", 0.0)),
+    Treatment(name="AnB-adabn", role="transfer-adabn", label="AnB-adabn", pattern="{O}n{T}-adabn", copies="other",
+              fine_tuned=False, bn_stats="target", figures=("fig2", "fig3"), style=Style("#e6850e", "s", 0.30),
+              seeds_from="AnB"),
+)
+
+#: The paper's decomposition, in report order.
+DECOMPOSITION: tuple[Contrast, ...] = (
+    Contrast("co-adaptation", "base", "selffer"),
+    Contrast("specificity", "selffer", "transfer"),
+    Contrast("fine-tuning gain", "transfer+", "base"),
+)
+
+#: The default ``treatments.names``: the paper's treatments (AnB-adabn is asked for by name).
+DEFAULT_NAMES: tuple[str, ...] = ("base", "BnB", "BnB+", "AnB", "AnB+", "random")
+
+BY_NAME: dict[str, Treatment] = {t.name: t for t in TREATMENTS}
+BY_ROLE: dict[str, Treatment] = {t.role: t for t in TREATMENTS}
+NAMES: tuple[str, ...] = tuple(BY_NAME)
+ROLES: tuple[str, ...] = tuple(BY_ROLE)
+BASE: Treatment = BY_ROLE["base"]
+#: the treatments repeated on reduced target data, besides a base network on that data
+AT_TARGET_SIZES: tuple[Treatment, ...] = tuple(t for t in TREATMENTS if t.at_target_sizes and not t.is_base)
+
+
+def _check_table() -> None:
+    """The table's own consistency, checked on import: unique names, roles and labels, names that
+    are their pattern for target B, decomposition roles that exist."""
+    for field in ("name", "role", "label"):
+        values = [getattr(t, field) for t in TREATMENTS]
+        if len(set(values)) != len(values):
+            raise ValueError(f"treatments: repeated {field} in {values}")
+    for t in TREATMENTS:
+        if t.name not in (t.run_name("B"), t.pattern.replace("{T}", "")):
+            raise ValueError(f"treatment {t.name}: pattern {t.pattern!r} gives {t.run_name('B')!r} for target B")
+        if t.is_base != (t.role == "base"):
+            raise ValueError(f"treatment {t.name}: only the base treatment copies nothing")
+        if t.seeds_from is not None and t.seeds_from not in {u.name for u in TREATMENTS}:
+            raise ValueError(f"treatment {t.name}: seeds_from {t.seeds_from!r} is not a treatment")
+    for c in DECOMPOSITION:
+        if {c.minuend, c.subtrahend} - set(ROLES):
+            raise ValueError(f"decomposition {c.name}: unknown role in {c.minuend} - {c.subtrahend}")
+    if set(DEFAULT_NAMES) - set(NAMES):
+        raise ValueError(f"default treatments {DEFAULT_NAMES} not all in the table")
+
+
+_check_table()
+
+
+def treatment(role: str) -> Treatment:
+    """The treatment of a role (a run's ``role``)."""
+    try:
+        return BY_ROLE[role]
+    except KeyError:
+        raise ValueError(f"unknown role {role!r}; allowed: {', '.join(ROLES)}") from None
+
+
+def roles_in(figure: FigureName) -> tuple[str, ...]:
+    """The non-base roles a figure draws, in table order."""
+    return tuple(t.role for t in TREATMENTS if figure in t.figures and not t.is_base)
 
 
 @dataclass(frozen=True)
@@ -41,7 +223,7 @@ class RunSpec:
     key: str
     replicate: int
     treatment: str  # the run's own paper-style name: baseA, AnB+, BnA, randomB, ...
-    role: str  # base, selffer, selffer+, transfer, transfer+, random
+    role: str  # the role of its :class:`Treatment` (:data:`ROLES`)
     target: str  # "A" or "B"
     source: str | None
     n: int  # 0 for base networks
@@ -50,9 +232,14 @@ class RunSpec:
     size: float | int | None = None
 
     @property
+    def kind(self) -> Treatment:
+        """Its entry in :data:`TREATMENTS`."""
+        return treatment(self.role)
+
+    @property
     def frozen(self) -> int:
         """How many leading layers stay frozen."""
-        return self.n if self.role in ("selffer", "transfer", "random") else 0
+        return self.kind.frozen_layers(self.n)
 
     @property
     def copied(self) -> int:
@@ -63,14 +250,33 @@ class RunSpec:
     def source_net(self) -> str | None:
         """The network whose layers 1..n this run starts from: a base network, or for the random
         control the untrained network of its replicate and target."""
-        if self.role == "random":
+        if self.kind.copies == "random":
             return f"r{self.replicate}-random{self.target}"
         return self.depends_on
+
+    @property
+    def prefix_net(self) -> str | None:
+        """What layers 1..n are, as a name: the source network, or, where the treatment
+        re-estimates BatchNorm statistics on the target, that network adapted to the target task
+        (on this run's training data, the target and size of :attr:`task_key`). Frozen runs with
+        the same prefix network, target and size share its outputs (:func:`group_jobs`)."""
+        if self.source_net is None or self.kind.bn_stats == "source":
+            return self.source_net
+        return f"{self.source_net}~bn{self.target}"
 
     @property
     def depends_on(self) -> str | None:
         """The recorded run this one needs first: always a base network trained on all of its data."""
         return base_key(self.replicate, self.source) if self.source else None
+
+    @property
+    def seed_key(self) -> str:
+        """The key its initialisation and data seeds derive from: its own, or that of the run of
+        the treatment it takes its seeds from (``Treatment.seeds_from``)."""
+        twin = self.kind.seeds_from
+        if twin is None:
+            return self.key
+        return _spec(self.replicate, twin, self.target, self.n, self.size).key
 
     @property
     def task_key(self) -> tuple[int, str, float | int | None]:
@@ -97,29 +303,28 @@ class Job:
 
 
 def group_jobs(specs: list[RunSpec], share_frozen: bool) -> list[Job]:
-    """One job per run, except that frozen runs with the same source network and target form one
+    """One job per run, except that frozen runs with the same prefix network and target form one
     job when ``share_frozen`` (their prefix outputs are computed once). Base networks come first;
     otherwise jobs keep plan order (a group sits where its first run was)."""
     slots: dict[str, list[RunSpec]] = {}
     for s in specs:
-        key = (f"{s.source_net}->{s.target}" + (f"@{size_label(s.size)}" if s.size is not None else "")
+        key = (f"{s.prefix_net}->{s.target}" + (f"@{size_label(s.size)}" if s.size is not None else "")
                if share_frozen and s.frozen and s.source_net else s.key)
         slots.setdefault(key, []).append(s)
     jobs = [Job(key, tuple(sorted(runs, key=lambda s: s.n))) for key, runs in slots.items()]
-    return sorted(jobs, key=lambda j: j.specs[0].role != "base")
+    return sorted(jobs, key=lambda j: not j.specs[0].kind.is_base)
+
+
 def base_key(replicate: int, task: str) -> str:
     return f"r{replicate}-base{task}"
 
 
 def _spec(replicate: int, name: str, target: str, n: int, size: float | int | None = None) -> RunSpec:
-    role = ROLES[name]
+    t = BY_NAME[name]
     suffix = f"-s{size_label(size)}" if size is not None else ""
-    if role == "random":
-        return RunSpec(f"r{replicate}-random{target}-n{n}{suffix}", replicate, f"random{target}", role, target, None, n, size)
-    source = target if role.startswith("selffer") else other(target)
-    plus = "+" if role.endswith("+") else ""
-    treatment = f"{source}n{target}{plus}"
-    return RunSpec(f"r{replicate}-{treatment}-n{n}{suffix}", replicate, treatment, role, target, source, n, size)
+    treatment = t.run_name(target)
+    return RunSpec(f"r{replicate}-{treatment}-n{n}{suffix}", replicate, treatment, t.role, target, t.source(target), n,
+                   size)
 
 
 def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec]:
@@ -128,18 +333,18 @@ def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec
     Both base networks of a replicate always run: they are the sources of every copy and the
     reference that relative accuracy is measured against."""
     t = config.treatments
-    plan = [RunSpec(base_key(r, task), r, f"base{task}", "base", task, None, 0)
+    plan = [RunSpec(base_key(r, task), r, BASE.run_name(task), BASE.role, task, None, 0)
             for r in range(t.replicates) for task in ("A", "B")]
     for r in range(t.replicates):
         for n in cut_points:
             for target in t.targets:
-                plan += [_spec(r, name, target, n) for name in t.names if name != "base"]
+                plan += [_spec(r, name, target, n) for name in t.names if not BY_NAME[name].is_base]
     # freeze or fine-tune, by target size: the transfer treatments again on less target data,
     # beside a base network trained from scratch on that same data
     for size in t.target_sizes:
         for r in range(t.replicates):
             for target in t.targets:
-                plan.append(RunSpec(f"{base_key(r, target)}-s{size_label(size)}", r, f"base{target}", "base",
+                plan.append(RunSpec(f"{base_key(r, target)}-s{size_label(size)}", r, BASE.run_name(target), BASE.role,
                                     target, None, 0, size))
-                plan += [_spec(r, name, target, n, size) for n in cut_points for name in ("AnB", "AnB+")]
+                plan += [_spec(r, x.name, target, n, size) for n in cut_points for x in AT_TARGET_SIZES]
     return plan

@@ -25,14 +25,18 @@ import numpy as np
 import pandas as pd
 
 from transferscope.report.stats import ACCURACY_BOUNDS, DIFFERENCE_BOUNDS, mean_ci
+from transferscope.treatments import AT_TARGET_SIZES, BASE, treatment
 
-ROLES = ("base", "transfer", "transfer+")
+#: the roles run at every target size (transferscope.treatments.TREATMENTS, ``at_target_sizes``)
+ROLES = (BASE.role, *(t.role for t in AT_TARGET_SIZES))
 _PAIR = ["replicate", "target"]
 
 
 def candidate_label(role: str, n: int) -> str:
-    return {"base": "train from scratch", "transfer": f"AnB n={n} (freeze)",
-            "transfer+": f"AnB+ n={n} (fine-tune)"}[role]
+    t = treatment(role)
+    if t.is_base:
+        return "train from scratch"
+    return f"{t.label} n={n} ({'fine-tune' if t.fine_tuned else 'freeze'})"
 
 
 def size_label(size: float) -> str:

@@ -25,9 +25,10 @@ from transferscope.analysis.cka import MinibatchCKA, gram_linear, minibatches
 from transferscope.analysis.networks import layer_outputs, load_network, part_images, weights_absence
 from transferscope.report.stats import over_replicates, per_replicate
 from transferscope.store import Store
-from transferscope.treatments import base_key
+from transferscope.treatments import TREATMENTS, base_key
 
-FINETUNED_ROLES = ("selffer+", "transfer+")
+#: the fine-tuned roles compared with their sources (transferscope.treatments.TREATMENTS, ``analysed``)
+FINETUNED_ROLES = tuple(t.role for t in TREATMENTS if t.analysed)
 
 
 @dataclass

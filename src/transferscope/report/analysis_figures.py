@@ -17,8 +17,15 @@ from matplotlib.ticker import MaxNLocator
 
 from transferscope.report.figures import DPI, STYLES
 from transferscope.report.stats import over_replicates, per_replicate
+from transferscope.treatments import AT_TARGET_SIZES, TREATMENTS, treatment
 
-_ROLE_NAMES = {"selffer+": "BnB+", "transfer+": "AnB+"}
+#: the fine-tuned roles whose networks are compared with their sources (CKA), and their labels
+_ROLE_NAMES = {t.role: t.label for t in TREATMENTS if t.analysed}
+
+
+def _source_name(role: str) -> str:
+    """The base network a role copies from, for target B: baseB (its own task's) or baseA."""
+    return "baseB" if treatment(role).copies == "target" else "baseA"
 
 
 def save(fig: Figure, path: Path) -> Path:
@@ -43,7 +50,7 @@ def plot_cka_curves(curve: pd.DataFrame, finetune: pd.DataFrame, layer_names: Se
     """Left: CKA(baseA, baseB) per layer. Then one panel per fine-tuned role: CKA(fine-tuned
     network, the base it copied from) per layer, a line per cut point n (filled markers: copied
     layers 1..n; open: re-initialised layers)."""
-    roles = [r for r in ("selffer+", "transfer+") if not finetune.empty and (finetune["role"] == r).any()]
+    roles = [r for r in _ROLE_NAMES if not finetune.empty and (finetune["role"] == r).any()]
     fig = Figure(figsize=(4.2 * (1 + len(roles)), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, 1 + len(roles), sharey=True))
     layers = np.arange(1, len(layer_names) + 1)
@@ -64,7 +71,7 @@ def plot_cka_curves(curve: pd.DataFrame, finetune: pd.DataFrame, layer_names: Se
             ax.scatter(r.loc[copied, "layer"], r.loc[copied, "mean"], color=color, s=22, zorder=3)
             ax.scatter(r.loc[~copied, "layer"], r.loc[~copied, "mean"], facecolors="white", edgecolors=color, s=22,
                        zorder=3)
-        src = "baseB" if role == "selffer+" else "baseA"
+        src = _source_name(role)
         ax.set_title(f"{_ROLE_NAMES[role]} vs {src} (its source)", fontsize=10)
         ax.legend(loc="lower left", fontsize=8, frameon=False, ncols=2 if len(ns) > 4 else 1)
     for ax in axes:
@@ -80,14 +87,14 @@ def plot_cka_curves(curve: pd.DataFrame, finetune: pd.DataFrame, layer_names: Se
 def plot_cka_heatmaps(matrix: np.ndarray, finetune: pd.DataFrame, layer_names: Sequence[str], title: str) -> Figure:
     """Left: CKA of every layer of baseA (rows) with every layer of baseB (columns). Then, per
     fine-tuned role, CKA with its source at each layer (columns) for each cut point n (rows)."""
-    roles = [r for r in ("selffer+", "transfer+") if not finetune.empty and (finetune["role"] == r).any()]
+    roles = [r for r in _ROLE_NAMES if not finetune.empty and (finetune["role"] == r).any()]
     fig = Figure(figsize=(4.3 * (1 + len(roles)) + 1.0, 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, 1 + len(roles)))
     labels = [f"{i + 1} {n}" for i, n in enumerate(layer_names)]
     panels = [(axes[0], matrix, labels, labels, "baseA layer", "baseB layer", "baseA vs baseB")]
     for ax, role in zip(axes[1:], roles):
         table = finetune.loc[finetune["role"] == role].pivot_table(index="n", columns="layer", values="mean")
-        src = "baseB" if role == "selffer+" else "baseA"
+        src = _source_name(role)
         panels.append((ax, table.to_numpy(), [f"n={n}" for n in table.index], [str(c) for c in table.columns],
                        "cut point n", "layer", f"{_ROLE_NAMES[role]} vs {src}"))
     image = None
@@ -160,13 +167,14 @@ def plot_filters(panels: Sequence, title: str) -> Figure:
 def plot_target_sizes(summary: pd.DataFrame, title: str) -> Figure:
     """Test top-1 against training images per class (log scale): base from scratch in both
     panels; frozen AnB (left) and fine-tuned AnB+ (right), one line per cut point n."""
-    fig = Figure(figsize=(11.0, 4.2))
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(5.5 * len(AT_TARGET_SIZES), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(AT_TARGET_SIZES), sharey=True))
     base = summary.loc[summary["role"] == "base"].sort_values("per_class")
     ns = sorted(set(summary.loc[summary["role"] != "base", "n"]))
     cmap = colormaps["plasma"]
-    for ax, role, name in ((axes[0], "transfer", "AnB: copied layers frozen"),
-                           (axes[1], "transfer+", "AnB+: copied layers fine-tuned")):
+    panels = [(t.role, f"{t.label}: copied layers {'fine-tuned' if t.fine_tuned else 'frozen'}")
+              for t in AT_TARGET_SIZES]
+    for ax, (role, name) in zip(axes, panels):
         if not base.empty:
             _band(ax, base["per_class"], base, "black", "base (from scratch)", ls="--")
         for i, n in enumerate(ns):
@@ -179,7 +187,7 @@ def plot_target_sizes(summary: pd.DataFrame, title: str) -> Figure:
         ax.set_title(name, fontsize=10)
         ax.grid(True, color="0.92", lw=0.6, which="both")
     axes[0].set_ylabel("test top-1 (mean; band: 95% CI of base)")
-    _legend(axes[1])
+    _legend(axes[-1])
     fig.suptitle(title, fontsize=10)
     return fig
 

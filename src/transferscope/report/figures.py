@@ -7,7 +7,6 @@ Treatments without finished runs are left out; nothing is drawn for an empty ser
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,31 +22,17 @@ from transferscope.report.stats import (
     relative,
     summarize,
 )
+from transferscope.treatments import TREATMENTS, Style, roles_in
 
 X_LABEL = "Layer n at which network is chopped and retrained"
 Y_LABEL = "Top-1 accuracy (test)"
 DPI = 130
 
 
-@dataclass(frozen=True)
-class _Style:
-    color: str
-    marker: str
-    offset: float  # horizontal shift at each n, so treatments sit side by side
-    spread: float = 0.035  # half-width of the random jitter of single networks
-    face: str | None = None  # marker face colour when it differs from ``color``
-
-
-STYLES: dict[str, _Style] = {
-    "base": _Style("black", "o", 0.0, spread=0.12, face="white"),
-    "selffer": _Style("#08306b", "o", -0.18),
-    "selffer+": _Style("#4f9fdc", "P", -0.06),
-    "transfer": _Style("#99000d", "D", 0.06),
-    "transfer+": _Style("#f47a6b", "P", 0.18),
-    "random": _Style("#5a5a5a", "^", 0.0),
-}
-_FIG2_ROLES = ("selffer", "selffer+", "transfer", "transfer+")
-_FIG3_ROLES = (*_FIG2_ROLES, "random")
+#: role -> how it is drawn, and which roles each figure draws besides base, from the treatment table
+STYLES: dict[str, Style] = {t.role: t.style for t in TREATMENTS}
+_FIG2_ROLES = roles_in("fig2")
+_FIG3_ROLES = roles_in("fig3")
 
 
 def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> Figure:

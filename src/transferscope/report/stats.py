@@ -33,6 +33,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from transferscope.errors import UserError
+from transferscope.treatments import DECOMPOSITION as CONTRASTS
+from transferscope.treatments import TREATMENTS
 
 HEADLINE_METRIC = "test_top1"
 CONFIDENCE = 0.95
@@ -41,22 +43,12 @@ CONFIDENCE = 0.95
 ACCURACY_BOUNDS = (0.0, 1.0)
 DIFFERENCE_BOUNDS = (-1.0, 1.0)
 
-#: Role -> the paper's display label. Its order is the order of treatments in figures and tables.
-ROLE_LABELS: dict[str, str] = {
-    "base": "base",
-    "selffer": "BnB",
-    "selffer+": "BnB+",
-    "transfer": "AnB",
-    "transfer+": "AnB+",
-    "random": "random",
-}
+#: Role -> the paper's display label (transferscope.treatments.TREATMENTS). Its order is the order
+#: of treatments in figures and tables.
+ROLE_LABELS: dict[str, str] = {t.role: t.label for t in TREATMENTS}
 
 #: Decomposition name -> (minuend role, subtrahend role); differences paired per replicate, target.
-DECOMPOSITION: dict[str, tuple[str, str]] = {
-    "co-adaptation": ("base", "selffer"),
-    "specificity": ("selffer", "transfer"),
-    "fine-tuning gain": ("transfer+", "base"),
-}
+DECOMPOSITION: dict[str, tuple[str, str]] = {c.name: (c.minuend, c.subtrahend) for c in CONTRASTS}
 
 REQUIRED_COLUMNS = ("key", "replicate", "role", "target", "n", "status")
 #: the columns of an interval over replicates (:func:`over_replicates`)
