@@ -33,7 +33,7 @@ from transferscope.errors import UserError, one_line
 from transferscope.report.stats import done_runs, relative
 from transferscope.report.tables import format_cell as _cell
 from transferscope.store import Store
-from transferscope.treatments import base_key
+from transferscope.treatments import TREATMENTS, base_key
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,8 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
     rows = [[f"{r.layer} {names[r.layer - 1]}", _cell(r.mean, r.ci_low, r.ci_high, r.replicates, r.networks)]
             for r in curve.itertuples()]
     lines.append(_table(["layer", "CKA(baseA, baseB), same layer"], rows))
-    for role, label in (("selffer+", "BnB+ vs baseB"), ("transfer+", "AnB+ vs baseA")):
+    for role, label in ((t.role, f"{t.label} vs {'baseB' if t.copies == 'target' else 'baseA'}")
+                        for t in TREATMENTS if t.analysed):
         sub = ft.loc[ft["role"] == role]
         if sub.empty:
             continue
