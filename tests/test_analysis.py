@@ -584,7 +584,7 @@ def test_recommendation_by_target_size() -> None:
 @pytest.fixture(scope="module")
 def tiny_study_dir(tmp_path_factory):
     from transferscope.config import load_config
-    from transferscope.study import run_study
+    from transferscope.driver import run_study
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("tiny") / "study"
@@ -718,7 +718,7 @@ def _folder_study(tmp_path, replicates: int = 1):
     from PIL import Image
 
     from transferscope.config import load_config
-    from transferscope.study import run_study
+    from transferscope.driver import run_study
 
     torch.set_num_threads(1)
     images = tmp_path / "images"

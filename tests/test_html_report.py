@@ -105,7 +105,7 @@ def report_dir(tmp_path_factory) -> Path:
     from transferscope.config import load_config
     from transferscope.report import ReportMeta, write_report
     from transferscope.store import Store
-    from transferscope.study import run_study
+    from transferscope.driver import run_study
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("html") / "study"

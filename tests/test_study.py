@@ -166,7 +166,7 @@ def test_each_target_size_trains_the_budget_its_rule_gives(tmp_path, monkeypatch
     as the base network on the full set (more epochs, the schedule stretched over them, frozen
     runs on cached features included); with "epochs" it keeps train.epochs. Progress counts the
     epochs each run really has."""
-    import transferscope.study as study_module
+    import transferscope.driver as driver
     from transferscope.progress import Progress
 
     bars: list[Progress] = []
@@ -181,7 +181,7 @@ def test_each_target_size_trains_the_budget_its_rule_gives(tmp_path, monkeypatch
             started.setdefault(key, epochs)
             super().run_started(key, epochs)
 
-    monkeypatch.setattr(study_module, "Progress", Recorded)
+    monkeypatch.setattr(driver, "Progress", Recorded)
     cfg = load_config(None, [*BUDGET_STUDY, f"treatments.size_budget={rule}"])
     f = run_study(cfg, tmp_path, progress=False, report=False).frame.set_index("key")
     assert (f["status"] == "done").all() and (f["budget_rule"] == rule).all()

@@ -8,15 +8,16 @@ Python API::
 """
 
 from transferscope.config import StudyConfig, load_config
+from transferscope.driver import StudyResult, run_study
 from transferscope.errors import UserError
-from transferscope.study import Study, StudyResult, run_study
+from transferscope.store import Store
+from transferscope.study import Study
 
 __version__ = "0.1.0"
 
 
 def load_results(directory: str):
     """The runs recorded in a study directory as a pandas DataFrame (the table ``export`` writes)."""
-    from transferscope.store import Store
 
     store = Store(directory)
     store.load_config()  # a clear error when this is not a study directory

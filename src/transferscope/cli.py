@@ -14,7 +14,16 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 
+from transferscope import disk, load_results
+from transferscope.analysis import estimate as estimate_curve
+from transferscope.analysis import format_estimate
+from transferscope.config import load_config
+from transferscope.data import list_datasets
+from transferscope.driver import run_study, write_study_report
 from transferscope.errors import Interrupted, UserError, request_stop
+from transferscope.models import layer_names, list_models, model_options
+from transferscope.store import Store, os_error_line
+from transferscope.study import Study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure how transferable a network's features are, layer by layer (Yosinski et al. 2014).")
@@ -40,7 +49,6 @@ def _user_errors(fn: F) -> F:
         except OSError as e:
             if e.errno not in ENVIRONMENT_ERRNOS:
                 raise
-            from transferscope.store import os_error_line
 
             typer.echo(f"transferscope: error: {os_error_line(e)}", err=True)
             raise typer.Exit(1) from None
@@ -69,9 +77,6 @@ def run(
 ) -> None:
     """Run (or resume) a study: split the classes, train the base networks, every treatment at
     every cut point, then write the report."""
-    from transferscope import disk
-    from transferscope.config import load_config
-    from transferscope.study import Study, run_study
 
     shortcuts = [f"execution.{k}={v}" for k, v in (("executor", executor), ("workers", workers)) if v is not None]
     if address is not None:
@@ -113,8 +118,6 @@ def run(
 @_user_errors
 def status(directory: Annotated[Path, typer.Argument(help="A study's results directory.")]) -> None:
     """Done, pending and failed runs of a study."""
-    from transferscope.store import Store
-    from transferscope.study import Study
 
     store = Store(directory)
     study = Study.open(store, images=False)
@@ -142,7 +145,6 @@ def export(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output file [default: DIR/runs.csv].")] = None,
 ) -> None:
     """One row per run (load it in Python with transferscope.load_results(DIR))."""
-    from transferscope import load_results
 
     if format != "csv":
         raise UserError(f"--format: unknown format {format!r}; allowed: csv")
@@ -162,8 +164,6 @@ def report(
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Another study directory (e.g. the dissimilar split): compare AnB - base with it.")] = None,
 ) -> None:
     """(Re)write the report of a study from its recorded runs (report.md and report.html)."""
-    from transferscope.store import Store
-    from transferscope.study import write_study_report
 
     store = Store(directory)
     store.load_config()  # a clear error when this is not a study directory
@@ -181,8 +181,6 @@ def estimate(
 ) -> None:
     """Predict the transfer curve without training it: LogME, H-score and a linear probe of each
     cut point of the base networks for the other task (needs only the base networks)."""
-    from transferscope.analysis import estimate as estimate_curve
-    from transferscope.analysis import format_estimate
 
     out = directory / "estimate.csv"
     typer.echo(format_estimate(estimate_curve(directory, max_features=max_features, max_images=max_images, out=out)))
@@ -192,7 +190,6 @@ def estimate(
 @app.command()
 def datasets() -> None:
     """The registered datasets."""
-    from transferscope.data import list_datasets
 
     for name, desc in list_datasets().items():
         typer.echo(f"{name:<14} {desc}")
@@ -201,7 +198,6 @@ def datasets() -> None:
 @app.command()
 def models() -> None:
     """The registered architectures: their layers (cut points) and options."""
-    from transferscope.models import layer_names, list_models, model_options
 
     for name, desc in list_models().items():
         names = layer_names(name)

@@ -1,10 +1,13 @@
-"""Where jobs execute: in this process, or in N local worker processes.
+"""Where jobs execute: in this process, in N local worker processes, or on Ray (ray_executor.py).
 
-An executor takes jobs whose source networks are already recorded and reports events as they
-happen: an epoch finished, a run finished (its :class:`~transferscope.runner.RunResult`), a job
-finished. The driver (study.py) records every result the moment it arrives, whichever executor
-produced it, so all executors give identical records (bit for bit on the CPU: each run draws its
-random streams from its own key and runs with the same thread count).
+Every executor has the same interface (:class:`Executor`: ``submit``, ``events``, ``close``) and
+runs a job through the same adapter, :func:`job_events`, which turns a job into events: an epoch
+finished, a run finished (its :class:`~transferscope.runner.RunResult`), the job finished (with a
+one-line error and its traceback if it could not). These event dataclasses are the only wire
+format: they cross the process queue and Ray's object store as they are. The driver records every
+result the moment it arrives, whichever executor produced it, so all executors give identical
+records (bit for bit on the CPU: each run draws its random streams from its own key and runs with
+the same thread count).
 
 A worker process that dies mid-job is replaced and its job retried (runs it already reported are
 not repeated: the driver skips them on resubmission).
@@ -20,16 +23,18 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from transferscope.config import StudyConfig
+from transferscope.config import StudyConfig, config_from_dict
 from transferscope.errors import one_line
 from transferscope.runner import RunResult, Runner
+from transferscope.store import Store
+from transferscope.study import Study
 from transferscope.treatments import Job
 
 
@@ -56,6 +61,41 @@ class JobDone:
 Event = Epoch | Finished | JobDone
 
 
+class Executor(Protocol):
+    """Where jobs execute. The driver submits jobs whose source networks are recorded and consumes
+    the events; ``close`` stops the executor (``abort``: now, dropping unfinished jobs)."""
+
+    def submit(self, job: Job) -> None: ...
+
+    def events(self) -> Iterator[Event]: ...
+
+    def close(self, abort: bool = False) -> None: ...
+
+
+def job_events(runner: Runner, job: Job, live: Callable[[Epoch], None] | None = None) -> Iterator[Event]:
+    """The one adapter from a job to events, in whatever process runs it: each run's epochs, its
+    result, and finally :class:`JobDone` (with a one-line error and the traceback when the job
+    could not finish: a run's own failure is a failed record, not an error here). Epochs go to
+    ``live`` as they finish where given (a worker's queue), else they are yielded before their
+    run's result."""
+    epochs: list[Epoch] = []
+
+    def on_epoch(key: str, epoch: int, row: dict[str, float]) -> None:
+        event = Epoch(key, epoch, row)
+        live(event) if live is not None else epochs.append(event)
+
+    try:
+        for result in runner.run_job(job, on_epoch=on_epoch):
+            yield from epochs
+            epochs.clear()
+            yield Finished(job.key, result)
+    except Exception as e:  # noqa: BLE001  (the job fails, the executor and the study go on)
+        yield from epochs
+        yield JobDone(job.key, one_line(e), traceback.format_exc())
+        return
+    yield JobDone(job.key)
+
+
 def default_workers(config: StudyConfig) -> int:
     w = config.execution.workers
     if w != "auto":
@@ -64,44 +104,28 @@ def default_workers(config: StudyConfig) -> int:
     return max(1, min(8, cores // config.execution.threads))
 
 
-def _load_weights(store_root: str):
-    from transferscope.store import Store
-
-    store = Store(store_root)
-    return lambda key: store.load_weights(key)
+def store_weights(store_root: str) -> Callable[[str], dict[str, torch.Tensor]]:
+    """A source-weights loader reading the study directory (the serial and process executors)."""
+    return Store(store_root).load_weights
 
 
 class SerialExecutor:
     """Runs jobs one after another in this process."""
 
-    def __init__(self, config: StudyConfig, store_root: Path, study: Any):
+    def __init__(self, config: StudyConfig, store_root: Path, study: Study):
         torch.set_num_threads(config.execution.threads)
-        self.runner = Runner(study, _load_weights(str(store_root)))
+        self.runner = Runner(study, store_weights(str(store_root)))
         self.queue: deque[Job] = deque()
 
     def submit(self, job: Job) -> None:
         self.queue.append(job)
 
-    @property
-    def busy(self) -> int:
-        return len(self.queue)
-
-    @property
-    def capacity(self) -> int:
-        return 1
-
     def events(self) -> Iterator[Event]:
         while self.queue:
-            job = self.queue.popleft()
-            epochs: list[Epoch] = []
-            for result in self.runner.run_job(job, on_epoch=lambda k, e, r: epochs.append(Epoch(k, e, r))):
-                yield from epochs
-                epochs.clear()
-                yield Finished(job.key, result)
-            yield JobDone(job.key)
+            yield from job_events(self.runner, self.queue.popleft())
 
     def close(self, abort: bool = False) -> None:
-        pass
+        self.queue.clear()
 
 
 def _exit_with_parent() -> None:
@@ -118,24 +142,17 @@ def _exit_with_parent() -> None:
 
 def _worker_main(config_dict: dict, store_root: str, threads: int, jobs: mp.Queue, events: mp.Queue) -> None:
     """A worker process: prepare the study once, then run the jobs it is sent."""
-    from transferscope.config import config_from_dict
-    from transferscope.study import Study
-
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver stops us
     torch.set_num_threads(threads)
     study = Study.prepare(config_from_dict(config_dict))
-    runner = Runner(study, _load_weights(store_root))
+    runner = Runner(study, store_weights(store_root))
     while True:
         job = jobs.get()
         if job is None:
             return
-        try:
-            for result in runner.run_job(job, on_epoch=lambda k, e, r: events.put(("epoch", k, e, r))):
-                events.put(("run", job.key, result))
-            events.put(("done", job.key, None, None))
-        except Exception as e:  # noqa: BLE001  (report, keep the worker alive)
-            events.put(("done", job.key, one_line(e), traceback.format_exc()))
+        for event in job_events(runner, job, live=events.put):
+            events.put(event)
 
 
 class ProcessExecutor:
@@ -172,10 +189,6 @@ class ProcessExecutor:
         return [p.pid for p, _ in self.workers]
 
     @property
-    def capacity(self) -> int:
-        return self.n
-
-    @property
     def busy(self) -> int:
         return len(self.waiting) + sum(j is not None for j in self.holding.values())
 
@@ -200,7 +213,7 @@ class ProcessExecutor:
                 tries = self.retries.get(job.key, 0) + 1
                 self.retries[job.key] = tries
                 done = self.reported.get(job.key, set())
-                rest = Job(job.key, tuple(s for s in job.specs if s.key not in done))
+                rest = replace(job, specs=tuple(s for s in job.specs if s.key not in done))
                 if not rest.specs:
                     yield JobDone(job.key)
                 elif tries > self.max_retries:
@@ -212,22 +225,18 @@ class ProcessExecutor:
     def events(self) -> Iterator[Event]:
         while self.busy:
             try:
-                msg = self.events_q.get(timeout=0.5)
+                event = self.events_q.get(timeout=0.5)
             except queue.Empty:
                 yield from self._check_workers()
                 continue
-            kind = msg[0]
-            if kind == "epoch":
-                yield Epoch(msg[1], msg[2], msg[3])
-            elif kind == "run":
-                self.reported.setdefault(msg[1], set()).add(msg[2].record["key"])
-                yield Finished(msg[1], msg[2])
-            else:
+            if isinstance(event, Finished):
+                self.reported.setdefault(event.job_key, set()).add(event.result.record["key"])
+            elif isinstance(event, JobDone):
                 for slot, job in self.holding.items():
-                    if job is not None and job.key == msg[1]:
+                    if job is not None and job.key == event.job_key:
                         self.holding[slot] = None
                 self._dispatch()
-                yield JobDone(msg[1], msg[2], msg[3])
+            yield event
 
     def close(self, abort: bool = False) -> None:
         """Stop the workers: let them finish their queue, or with ``abort`` end them now."""

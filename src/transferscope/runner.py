@@ -115,33 +115,30 @@ class Runner:
 
     # -- running ----------------------------------------------------------------------------------
     def run_job(self, job: Job, on_epoch: EpochCallback | None = None) -> Iterator[RunResult]:
-        if job.specs[0].frozen and shares_frozen_features(self.study.config):
-            yield from self._run_frozen_group(job, on_epoch)
-        else:
-            for spec in job.specs:
-                yield self.run(spec, on_epoch)
-
-    def _run_frozen_group(self, job: Job, on_epoch: EpochCallback | None) -> Iterator[RunResult]:
-        first = job.specs[0]
-        cfg = self.study.config.train
-        task = self.study.task(*first.task_key)
-        try:
-            source = self.prefix_network(first)
-            views = plan_views(source, task, self.numerics, tuple(s.n for s in job.specs), cfg.feature_views,
-                               cfg.augment, cfg.feature_memory_gb * 2**30)
-            if views == 0:
-                raise _Recompute
-            bank = FeatureBank(source, task, self.numerics, views=views, augmented=cfg.augment,
-                               flip=self.study.flip,
-                               seed=derive_seed("views", self.study.config.seed, first.source_net, first.target))
-        except _Recompute:
-            for spec in job.specs:
-                yield self.run(spec, on_epoch)
-            return
+        """Train a job's runs in order; a job of frozen runs that share their prefix trains each on
+        the prefix outputs computed once (where they fit in ``train.feature_memory_gb``)."""
+        bank = self._feature_bank(job) if job.shares_features else None
         for spec in job.specs:
+            if bank is None:
+                yield self.run(spec, on_epoch)
+                continue
             start = time.perf_counter()
             feats = bank.at(spec.n)
             yield self.run(spec, on_epoch, features=feats, feature_time=time.perf_counter() - start)
+
+    def _feature_bank(self, job: Job) -> FeatureBank | None:
+        """The prefix outputs a frozen job's runs share, or None where not even one view fits in
+        memory (its runs then recompute their prefix)."""
+        first = job.specs[0]
+        cfg = self.study.config.train
+        task = self.study.task(*first.task_key)
+        source = self.prefix_network(first)
+        views = plan_views(source, task, self.numerics, tuple(s.n for s in job.specs), cfg.feature_views,
+                           cfg.augment, cfg.feature_memory_gb * 2**30)
+        if views == 0:
+            return None
+        return FeatureBank(source, task, self.numerics, views=views, augmented=cfg.augment, flip=self.study.flip,
+                           seed=derive_seed("views", self.study.config.seed, first.source_net, first.target))
 
     def run(self, spec: RunSpec, on_epoch: EpochCallback | None = None, features: FrozenFeatures | None = None,
             feature_time: float = 0.0) -> RunResult:
@@ -171,10 +168,6 @@ class Runner:
         if outcome.status == "done" and keeps_weights(self.study.config, spec):
             weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         return RunResult(record, weights)
-
-
-class _Recompute(Exception):
-    """This frozen group cannot share cached features; its runs recompute their prefix."""
 
 
 def keeps_weights(config: StudyConfig, spec: RunSpec) -> bool:

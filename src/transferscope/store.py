@@ -277,9 +277,6 @@ class Store:
     def run_path(self, key: str) -> Path:
         return self.root / "runs" / f"{key}.json"
 
-    def is_recorded(self, key: str) -> bool:
-        return self.run_path(key).is_file()
-
     def record(self, record: dict[str, Any]) -> None:
         atomic_write(self.run_path(record["key"]), json.dumps(record, indent=1).encode())
 

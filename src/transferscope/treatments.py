@@ -296,6 +296,8 @@ class Job:
 
     key: str
     specs: tuple[RunSpec, ...]
+    #: its frozen runs train on the prefix outputs computed once (decided here, by group_jobs)
+    shares_features: bool = False
 
     @property
     def depends_on(self) -> str | None:
@@ -307,11 +309,14 @@ def group_jobs(specs: list[RunSpec], share_frozen: bool) -> list[Job]:
     job when ``share_frozen`` (their prefix outputs are computed once). Base networks come first;
     otherwise jobs keep plan order (a group sits where its first run was)."""
     slots: dict[str, list[RunSpec]] = {}
+    shared: set[str] = set()
     for s in specs:
-        key = (f"{s.prefix_net}->{s.target}" + (f"@{size_label(s.size)}" if s.size is not None else "")
-               if share_frozen and s.frozen and s.source_net else s.key)
+        key = s.key
+        if share_frozen and s.frozen and s.source_net:
+            key = f"{s.prefix_net}->{s.target}" + (f"@{size_label(s.size)}" if s.size is not None else "")
+            shared.add(key)
         slots.setdefault(key, []).append(s)
-    jobs = [Job(key, tuple(sorted(runs, key=lambda s: s.n))) for key, runs in slots.items()]
+    jobs = [Job(key, tuple(sorted(runs, key=lambda s: s.n)), key in shared) for key, runs in slots.items()]
     return sorted(jobs, key=lambda j: not j.specs[0].kind.is_base)
 
 

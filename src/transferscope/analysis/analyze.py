@@ -26,13 +26,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from transferscope.analysis import convergence as conv
-from transferscope.analysis import recommend as rec
+import transferscope.analysis.convergence as conv
+import transferscope.analysis.recommend as rec
+from transferscope.analysis.estimate import SCORES, estimate, measured_transfer, score_correlations
+from transferscope.analysis.filters import study_filters
+from transferscope.analysis.networks import weights_absence
 from transferscope.analysis.reading import Comparison, compare_studies, head_start, interval, reading, signed
+from transferscope.analysis.similarity import base_curve, base_matrix, finetune_table, study_similarity
 from transferscope.errors import UserError, one_line
-from transferscope.report.stats import done_runs, relative
+from transferscope.provenance import provenance
+from transferscope.report.analysis_figures import (
+    plot_cka_curves,
+    plot_cka_heatmaps,
+    plot_convergence,
+    plot_estimates,
+    plot_filters,
+    plot_target_sizes,
+    save,
+)
+from transferscope.report.stats import ROLE_LABELS, done_runs, relative
 from transferscope.report.tables import format_cell as _cell
 from transferscope.store import Store
+from transferscope.study import Study
 from transferscope.treatments import TREATMENTS, base_key
 
 
@@ -110,7 +125,6 @@ def _val_images(study, records: list[dict]) -> dict[tuple[int, str], int] | None
 
 def _convergence_section(records: list[dict], study, done: pd.DataFrame, out: Path, title: str,
                          analysis: Analysis) -> Section:
-    from transferscope.report.analysis_figures import plot_convergence, save
 
     epochs, schedule = study.config.train.epochs, study.config.train.schedule
     val_images = _val_images(study, records)
@@ -186,8 +200,6 @@ def _convergence_section(records: list[dict], study, done: pd.DataFrame, out: Pa
 
 def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis,
                  batch_size: int, max_images: int) -> Section:
-    from transferscope.analysis.similarity import base_curve, base_matrix, finetune_table, study_similarity
-    from transferscope.report.analysis_figures import plot_cka_curves, plot_cka_heatmaps, save
 
     sim = study_similarity(store, study, frame, batch_size=batch_size, max_images=max_images)
     analysis.notes += [f"CKA: {n}" for n in sim.notes]
@@ -260,8 +272,6 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
 
 def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis,
                       max_features: int) -> Section:
-    from transferscope.analysis.estimate import SCORES, estimate, measured_transfer, score_correlations
-    from transferscope.report.analysis_figures import plot_estimates, save
 
     est = estimate(store, study=study, max_features=max_features, out=out / "estimate.csv")
     analysis.notes += [f"estimate: {n}" for n in est.notes]
@@ -332,9 +342,6 @@ def _rho(rho: float, p: float, count: int) -> str:
 
 
 def _filters_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis) -> Section:
-    from transferscope.analysis.filters import study_filters
-    from transferscope.analysis.networks import weights_absence
-    from transferscope.report.analysis_figures import plot_filters, save
 
     name = "First-layer filters"
     absent = {t: weights_absence(store, frame, base_key(0, t)) for t in ("A", "B")}
@@ -381,7 +388,6 @@ def _filters_section(store: Store, study, frame: pd.DataFrame, out: Path, title:
 
 
 def _sizes_section(frame: pd.DataFrame, records: list[dict], out: Path, title: str, analysis: Analysis) -> Section:
-    from transferscope.report.analysis_figures import plot_target_sizes, save
 
     name = "Freeze or fine-tune, by target size"
     if not rec.has_sizes(frame):
@@ -454,7 +460,6 @@ def _budget_text(runs: pd.DataFrame) -> str:
 
 
 def _provenance_section(store: Store, records: list[dict]) -> Section:
-    from transferscope.provenance import provenance
 
     now = provenance()
     commits = Counter((r.get("git") or {}).get("commit") for r in records)
@@ -497,11 +502,9 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
 
     Pass the result to :func:`transferscope.report.write_report` (``analysis=``) to put it in
     report.md and report.html."""
-    from transferscope.report.stats import ROLE_LABELS
 
     store = store if isinstance(store, Store) else Store(store)
     if study is None:
-        from transferscope.study import Study
 
         study = Study.open(store)
     out = Path(out_dir) if out_dir is not None else store.root / "report"

@@ -33,6 +33,7 @@ from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
 from transferscope.report.stats import DIFFERENCE_BOUNDS, mean_ci
 from transferscope.store import Store
+from transferscope.study import Study
 from transferscope.treatments import base_key, other
 
 #: score column -> display name
@@ -52,7 +53,6 @@ class Estimate:
 
 def _study(store: Store, study):
     if study is None:
-        from transferscope.study import Study
 
         study = Study.open(store)
     return study

@@ -40,6 +40,7 @@ from transferscope.report.stats import (
     t_pvalue,
     width_note,
 )
+from transferscope.store import Store
 
 #: a claim is significant when its (Holm-adjusted, where it scans cut points) p-value is below this
 ALPHA = 1.0 - CONFIDENCE
@@ -389,7 +390,6 @@ def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame, label_a: str = 
 
 def study_label(directory: Path) -> str:
     """``<dir name> (<split description>)`` from a study directory."""
-    from transferscope.store import Store
 
     store = Store(directory)
     splits = store.load_splits()
@@ -404,7 +404,6 @@ def compare_studies(dir_a: str | Path, dir_b: str | Path) -> Comparison:
     >>> comparison = compare_studies("results/random", "results/natural-vs-manmade")  # doctest: +SKIP
     >>> print(comparison.sentence()); print(comparison.markdown())                     # doctest: +SKIP
     """
-    from transferscope.store import Store
 
     frames = []
     for d in (dir_a, dir_b):

@@ -83,10 +83,6 @@ class ImageData:
         return len(self.class_names)
 
     @property
-    def in_memory(self) -> bool:
-        return self.x is not None
-
-    @property
     def image_shape(self) -> tuple[int, int, int]:
         if self.x is not None:
             return tuple(self.x.shape[1:])  # type: ignore[return-value]

@@ -17,6 +17,7 @@ import numpy as np
 
 from transferscope.config import SplitConfig
 from transferscope.data.registry import ImageData
+from transferscope.data.semantic import natural_vs_manmade
 from transferscope.errors import UserError
 
 
@@ -120,7 +121,6 @@ def split_classes(cfg: SplitConfig, data: ImageData, replicate: int) -> ClassSpl
     if cfg.kind == "random":
         return random_split(data.num_classes, data.class_names, cfg.seed + replicate, cfg.sizes)
     if cfg.kind == "natural-vs-manmade":
-        from transferscope.data.semantic import natural_vs_manmade
 
         return group_split(natural_vs_manmade(data), data.class_names, ("natural",), ("man-made",),
                            f"natural vs man-made classes of {data.name}")

@@ -23,6 +23,7 @@ import torch
 from transferscope.config import DataConfig
 from transferscope.data.cache import CacheEntry, cache_dir, cache_key, note
 from transferscope.data.files import check_folder, file_stats, os_error
+from transferscope.data.imagefolder import images_from_files
 from transferscope.data.images import from_arrays, limit_bytes
 from transferscope.data.registry import ImageData, register_dataset
 from transferscope.errors import UserError
@@ -281,7 +282,6 @@ IMAGENET_MANUAL = ("download ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar an
 def load_imagenet(cfg: DataConfig) -> ImageData:
     from torchvision.datasets import ImageNet
 
-    from transferscope.data.imagefolder import images_from_files
 
     root = _root(cfg)
     check_folder(root)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from transferscope.errors import UserError
 from transferscope.report.figures import write_figures
+from transferscope.report.html import write_html
 from transferscope.report.stats import (
     HEADLINE_METRIC,
     INTERVAL_METHOD,
@@ -75,7 +76,6 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
     ``out_dir``) adds its sections, its reading and the runs' provenance. Returns the path of
     report.md. Raises :class:`UserError` when ``df`` has no finished run.
     """
-    from transferscope.report.html import write_html
 
     out_dir = Path(out_dir)
     if len(df) == 0 or "status" not in df.columns or not (df["status"] == "done").any():
@@ -120,6 +120,8 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
 
 def _reading_section(done: pd.DataFrame, analysis: Analysis | None) -> str:
     """What the numbers show, in words, each claim with its 95% CI."""
+    # analysis/ imports report/ (its sections draw figures), so report/ reaches the Reading at call time;
+    # issue 12 item 1 moves the sections' words and figures into report/ and lifts this
     from transferscope.analysis.reading import reading
 
     paragraphs = analysis.reading if analysis is not None and analysis.reading else reading(done)
