@@ -853,7 +853,7 @@ def test_a_failed_analysis_is_one_line_with_its_traceback_in_errors_log(tiny_stu
     import shutil
 
     from transferscope.analysis import analyze_study
-    from transferscope.analysis import filters as filters_module
+    from transferscope.analysis import analyze as analyze_module
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_study_dir, copy, ignore=shutil.ignore_patterns("report"))
@@ -861,7 +861,7 @@ def test_a_failed_analysis_is_one_line_with_its_traceback_in_errors_log(tiny_stu
     def broken(*args, **kwargs):
         raise RuntimeError("filters broke\nsecond line of the message")
 
-    monkeypatch.setattr(filters_module, "study_filters", broken)
+    monkeypatch.setattr(analyze_module, "study_filters", broken)
     a = analyze_study(copy, cka=False, estimate=False)
     err = capsys.readouterr().err
     assert err == (f"transferscope analysis 'filters' failed: RuntimeError: filters broke; traceback in "
