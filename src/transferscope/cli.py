@@ -87,7 +87,7 @@ def run(
         study = Study.prepare(config)
         typer.echo(study.describe())
         for spec in study.plan:
-            typer.echo(f"{spec.key:<22} {spec.role:<10} n={spec.n}  target {spec.target}  "
+            typer.echo(f"{spec.key:<22} {spec.role:<14} n={spec.n}  target {spec.target}  "
                        f"needs {spec.depends_on or '-'}")
         roles = Counter(s.role for s in study.plan)
         epochs = config.train.epochs
