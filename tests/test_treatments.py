@@ -229,7 +229,7 @@ def test_adabn_network_copies_weights_reestimates_statistics_and_keeps_them_froz
         inputs = _bn_inputs(ada, x, 3)
     for bn, h in inputs:
         # inputs recomputed here with the run's kernels and precision; float32 accumulation over the
-        # task's ~40,000 values per channel against float64: below 1e-5 relative, on AVX-512 and AVX2
+        # task's training images (thousands of values per channel) against float64: far below 1e-4
         c = h.transpose(0, 1).reshape(h.shape[1], -1).double()
         torch.testing.assert_close(bn.running_mean, c.mean(1).float(), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(bn.running_var, c.var(1).float(), rtol=1e-4, atol=1e-5)
