@@ -25,7 +25,6 @@ from transferscope.executors import Epoch, Event, Executor, Finished, JobDone, P
     default_workers
 from transferscope.precision import Numerics, resolve_device
 from transferscope.progress import Progress
-from transferscope.provenance import provenance
 from transferscope.report import ReportMeta, write_report
 from transferscope.runner import is_source, make_record, shares_frozen_features
 from transferscope.store import Store
@@ -253,7 +252,6 @@ def write_study_report(store: Store, study: Study | None = None, compare: str | 
         study = Study.open(store)
     cfg = study.config
     skipped = list(study.info.get("skipped", []))
-    prov = provenance()
     meta = ReportMeta(
         dataset=cfg.data.dataset, split=study.split(0).description if cfg.split.kind != "random"
         else f"random {len(study.split(0).a)}/{len(study.split(0).b)}",
@@ -270,9 +268,7 @@ def write_study_report(store: Store, study: Study | None = None, compare: str | 
                                "target task's training images first (AdaBN), then keeps them fixed."
                                for n in cfg.treatments.names if BY_NAME[n].bn_stats == "target"),
                      *([f"{len(skipped)} unreadable image file(s) skipped (data.skip_corrupt): "
-                        + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")] if skipped else []),
-                     f"Provenance: transferscope commit {prov['git']['commit']} (dirty: {prov['git']['dirty']}), "
-                     f"torch {prov['versions']['torch']}, python {prov['versions']['python']}."),
+                        + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")] if skipped else [])),
     )
     frame = store.frame()
     full = frame[frame["target_size"].isna()] if "target_size" in frame else frame

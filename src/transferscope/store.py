@@ -28,7 +28,6 @@ import json
 import os
 import shlex
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save
 
+from transferscope.atomic import atomic_write
 from transferscope.config import StudyConfig, dump_toml, load_config, toml_value
 from transferscope.errors import UserError
 
@@ -56,34 +56,6 @@ def _is_identity(key: str) -> bool:
     if key == "name" or key in PLAN_KEYS:
         return False
     return not key.startswith("execution.") or key in EXECUTION_IDENTITY_KEYS
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temporary file next to ``path``, readable as an ordinary file would be (mkstemp makes
-    them owner-only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, tmp
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _diffs(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

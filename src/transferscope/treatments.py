@@ -39,6 +39,7 @@ and AnB-adabn trains exactly what AnB trains (same record but for its name and r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -284,9 +285,18 @@ class RunSpec:
         return self.replicate, self.target, self.size
 
 
-def size_label(size: float | int) -> str:
-    """``0.05`` -> ``5pct`` (a fraction of each class), ``10`` -> ``10pc`` (images per class)."""
+def size_key(size: float | int) -> str:
+    """A target size in run keys: ``0.05`` -> ``5pct`` (a fraction of each class), ``10`` ->
+    ``10pc`` (images per class)."""
     return f"{size * 100:g}pct" if isinstance(size, float) else f"{size}pc"
+
+
+def size_label(size: float) -> str:
+    """A target size in words (the report), from the number a record holds (NaN: the full
+    study): NaN -> ``full``, ``0.05`` -> ``5%``, ``10`` -> ``10 per class``."""
+    if not math.isfinite(size):
+        return "full"
+    return f"{size * 100:g}%" if size < 1 else f"{size:g} per class"
 
 
 @dataclass(frozen=True)
@@ -313,7 +323,7 @@ def group_jobs(specs: list[RunSpec], share_frozen: bool) -> list[Job]:
     for s in specs:
         key = s.key
         if share_frozen and s.frozen and s.source_net:
-            key = f"{s.prefix_net}->{s.target}" + (f"@{size_label(s.size)}" if s.size is not None else "")
+            key = f"{s.prefix_net}->{s.target}" + (f"@{size_key(s.size)}" if s.size is not None else "")
             shared.add(key)
         slots.setdefault(key, []).append(s)
     jobs = [Job(key, tuple(sorted(runs, key=lambda s: s.n)), key in shared) for key, runs in slots.items()]
@@ -326,7 +336,7 @@ def base_key(replicate: int, task: str) -> str:
 
 def _spec(replicate: int, name: str, target: str, n: int, size: float | int | None = None) -> RunSpec:
     t = BY_NAME[name]
-    suffix = f"-s{size_label(size)}" if size is not None else ""
+    suffix = f"-s{size_key(size)}" if size is not None else ""
     treatment = t.run_name(target)
     return RunSpec(f"r{replicate}-{treatment}-n{n}{suffix}", replicate, treatment, t.role, target, t.source(target), n,
                    size)
@@ -349,7 +359,7 @@ def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec
     for size in t.target_sizes:
         for r in range(t.replicates):
             for target in t.targets:
-                plan.append(RunSpec(f"{base_key(r, target)}-s{size_label(size)}", r, BASE.run_name(target), BASE.role,
+                plan.append(RunSpec(f"{base_key(r, target)}-s{size_key(size)}", r, BASE.run_name(target), BASE.role,
                                     target, None, 0, size))
                 plan += [_spec(r, x.name, target, n, size) for n in cut_points for x in AT_TARGET_SIZES]
     return plan

@@ -16,7 +16,6 @@ prints one line and appends its traceback to the study's errors.log.
 from __future__ import annotations
 
 import math
-import re
 import sys
 import traceback
 from collections import Counter
@@ -44,8 +43,9 @@ from transferscope.report.analysis_figures import (
     plot_target_sizes,
     save,
 )
-from transferscope.report.stats import ROLE_LABELS, done_runs, relative
+from transferscope.report.stats import PAIR, ROLE_LABELS, done_runs, relative
 from transferscope.report.tables import format_cell as _cell
+from transferscope.report.text import markdown_table, slug
 from transferscope.store import Store
 from transferscope.study import Study
 from transferscope.treatments import TREATMENTS, base_key
@@ -66,11 +66,6 @@ class Section:
         return f"## {self.title}\n\n{self.body.rstrip()}\n"
 
 
-def slug(title: str) -> str:
-    """``Was the study trained long enough?`` -> ``was-the-study-trained-long-enough``."""
-    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-
-
 @dataclass
 class Analysis:
     """What :func:`analyze_study` found: report sections (in order), the reading (one claim per
@@ -87,12 +82,6 @@ class Analysis:
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-
-def _table(header: list[str], rows: list[list[str]], align: str = "--:") -> str:
-    lines = ["| " + " | ".join(header) + " |", "|:--|" + f"{align}|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _records_classes(records: list[dict]) -> dict[tuple[int, str], int]:
@@ -163,7 +152,7 @@ def _convergence_section(records: list[dict], study, done: pd.DataFrame, out: Pa
                  f"{r.rise:+.3f}" if math.isfinite(r.rise) else "\u2014",
                  f"{r.noise:.3f}" if math.isfinite(r.noise) else "\u2014",
                  f"{r.final_val:.3f}", f"{r.best_val:.3f}", verdict(r)] for r in full.itertuples()]
-        lines.append(_table(["base network", "epochs", "tail k", "slope per epoch", "rise over tail", "noise floor",
+        lines.append(markdown_table(["base network", "epochs", "tail k", "slope per epoch", "rise over tail", "noise floor",
                              "final val top-1", "best val top-1", "still improving"], rows))
         reduced = c.networks.loc[c.networks["target_size"].notna()]
         if len(reduced):
@@ -233,7 +222,7 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
     ]
     rows = [[f"{r.layer} {names[r.layer - 1]}", _cell(r.mean, r.ci_low, r.ci_high, r.replicates, r.networks)]
             for r in curve.itertuples()]
-    lines.append(_table(["layer", "CKA(baseA, baseB), same layer"], rows))
+    lines.append(markdown_table(["layer", "CKA(baseA, baseB), same layer"], rows))
     for role, label in ((t.role, f"{t.label} vs {'baseB' if t.copies == 'target' else 'baseA'}")
                         for t in TREATMENTS if t.analysed):
         sub = ft.loc[ft["role"] == role]
@@ -249,7 +238,7 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
             rows.append([f"n={n}", *cells])
         lines.append(f"How far fine-tuning moved each layer, {label} (its source), per cut point n (rows) and layer "
                      "(columns); layers 1..n were copied, the rest re-initialised:\n")
-        lines.append(_table(["", *[f"{la} {names[la - 1]}" for la in layers]], rows))
+        lines.append(markdown_table(["", *[f"{la} {names[la - 1]}" for la in layers]], rows))
     lines.append("Every value per network in [cka.csv](cka.csv).\n")
     if not_compared:
         lines.append(f"Not compared ({len(sim.skipped)} of {len(sim.skipped) + sim.bases['replicate'].nunique()} "
@@ -299,8 +288,8 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
     meas = measured.groupby("n")["measured"].mean() if not measured.empty else pd.Series(dtype=float)
     rows = [[f"{r.n} {r.layer}", str(r.features), f"{r.logme:.4f}", f"{r.h_score:.3f}", f"{r.probe:.3f}",
              f"{meas[r.n]:.3f}" if r.n in meas.index else "\u2014"] for r in agg.itertuples()]
-    lines.append(_table(["n", "features", "LogME", "H-score", "probe top-1", "measured AnB top-1"], rows))
-    pairs = len(scores[["replicate", "target"]].drop_duplicates())
+    lines.append(markdown_table(["n", "features", "LogME", "H-score", "probe top-1", "measured AnB top-1"], rows))
+    pairs = len(scores[list(PAIR)].drop_duplicates())
     planned = study.config.treatments.replicates * len(study.config.treatments.targets)
     lines.append(("Means over replicates and directions" if pairs == planned else
                   f"Means over the {pairs} of {planned} (replicate, target) pairs scored (the notes say why the others "
@@ -315,7 +304,7 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
                      "Student-t interval over replicates, truncated to [-1, 1]; and between the per-n means (the "
                      "shape of the curve), with a two-sided p-value, exact (all rank permutations) for at most 8 "
                      "cut points.\n")
-        lines.append(_table(["score", "per replicate: mean rho [95% CI] (replicates)",
+        lines.append(markdown_table(["score", "per replicate: mean rho [95% CI] (replicates)",
                              "per-n means: rho (p, cut points)"], crow))
         if (points := int(corr["cut_points"].max())) < 5:
             lines.append(f"With {points} cut point{'s' if points != 1 else ''} a rank correlation of the means is "
@@ -413,7 +402,7 @@ def _sizes_section(frame: pd.DataFrame, records: list[dict], out: Path, title: s
          "averaged within each replicate.\n"),
         ("![Test top-1 against training images per class, frozen and fine-tuned transfer at each cut point against "
          "training from scratch](target_sizes.png)\n"),
-        _table(["target size", "best (highest mean)", "test top-1 [95% CI] (replicates, networks)",
+        markdown_table(["target size", "best (highest mean)", "test top-1 [95% CI] (replicates, networks)",
                 "margin over scratch, paired [95% CI]", "against scratch", "not distinguishable from the best"],
                rows, align=":--"),
         ("The margin is paired by replicate and target; every interval is over replicates (the mean of the two "

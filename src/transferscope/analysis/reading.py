@@ -40,6 +40,7 @@ from transferscope.report.stats import (
     t_pvalue,
     width_note,
 )
+from transferscope.report.text import markdown_table
 from transferscope.store import Store
 
 #: a claim is significant when its (Holm-adjusted, where it scans cut points) p-value is below this
@@ -343,13 +344,11 @@ class Comparison:
                 f"{_diff_cell(last)} (Welch 95% CI over replicates).")
 
     def markdown(self) -> str:
-        lines = [f"| n | AnB - base, {self.label_a} | AnB - base, {self.label_b} | difference (b - a), Welch 95% CI |",
-                 "|--:|--:|--:|--:|"]
-        for _, r in self.table.iterrows():
-            lines.append(f"| {int(r['n'])} | {interval(r['a_mean'], r['a_low'], r['a_high'], int(r['a_count']))} | "
-                         f"{interval(r['b_mean'], r['b_low'], r['b_high'], int(r['b_count']))} | "
-                         f"{_diff_cell(r)} |")
-        return "\n".join(lines) + "\n"
+        rows = [[str(int(r["n"])), interval(r["a_mean"], r["a_low"], r["a_high"], int(r["a_count"])),
+                 interval(r["b_mean"], r["b_low"], r["b_high"], int(r["b_count"])), _diff_cell(r)]
+                for _, r in self.table.iterrows()]
+        return markdown_table(["n", f"AnB - base, {self.label_a}", f"AnB - base, {self.label_b}",
+                               "difference (b - a), Welch 95% CI"], rows, first="--:")
 
 
 def _count(replicates: float) -> str:

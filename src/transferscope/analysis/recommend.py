@@ -24,12 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from transferscope.report.stats import ACCURACY_BOUNDS, DIFFERENCE_BOUNDS, mean_ci
-from transferscope.treatments import AT_TARGET_SIZES, BASE, treatment
+from transferscope.report.stats import ACCURACY_BOUNDS, DIFFERENCE_BOUNDS, PAIR, mean_ci
+from transferscope.treatments import AT_TARGET_SIZES, BASE, size_label, treatment
 
 #: the roles run at every target size (transferscope.treatments.TREATMENTS, ``at_target_sizes``)
 ROLES = (BASE.role, *(t.role for t in AT_TARGET_SIZES))
-_PAIR = ["replicate", "target"]
 
 
 def candidate_label(role: str, n: int) -> str:
@@ -37,13 +36,6 @@ def candidate_label(role: str, n: int) -> str:
     if t.is_base:
         return "train from scratch"
     return f"{t.label} n={n} ({'fine-tune' if t.fine_tuned else 'freeze'})"
-
-
-def size_label(size: float) -> str:
-    """NaN -> "full", 0.05 -> "5%", 10 -> "10 per class"."""
-    if not np.isfinite(size):
-        return "full"
-    return f"{size * 100:g}%" if size < 1 else f"{size:g} per class"
 
 
 def size_runs(frame: pd.DataFrame, classes: dict[tuple[int, str], int]) -> pd.DataFrame:
@@ -77,10 +69,10 @@ def size_summary(runs: pd.DataFrame) -> pd.DataFrame:
     replicate and target, over replicates."""
     rows = []
     for label, at_size in runs.groupby("size_label", sort=False):
-        base = at_size.loc[at_size["role"] == "base"].groupby(_PAIR)["test_top1"].mean().rename("_base")
+        base = at_size.loc[at_size["role"] == "base"].groupby(list(PAIR))["test_top1"].mean().rename("_base")
         per_class = float(at_size["per_class"].mean())
         for (role, n), group in at_size.groupby(["role", "n"]):
-            cell = group.groupby(_PAIR)["test_top1"].mean()
+            cell = group.groupby(list(PAIR))["test_top1"].mean()
             diff = _per_replicate((cell - base).dropna())
             rows.append((label, float(at_size["size"].iloc[0]), per_class, role, int(n), candidate_label(role, int(n)),
                          *mean_ci(_per_replicate(cell), bounds=ACCURACY_BOUNDS), len(group),
@@ -110,7 +102,7 @@ class Recommendation:
 
 
 def _cells(at_size: pd.DataFrame, role: str, n: int) -> pd.Series:
-    return at_size.loc[(at_size["role"] == role) & (at_size["n"] == n)].groupby(_PAIR)["test_top1"].mean()
+    return at_size.loc[(at_size["role"] == role) & (at_size["n"] == n)].groupby(list(PAIR))["test_top1"].mean()
 
 
 def _verdict(best_role: str, lo: float, hi: float, replicates: int) -> str:

@@ -25,10 +25,10 @@ import json
 import os
 import re
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
+from transferscope.atomic import atomic_write
 from transferscope.config import DataConfig
 from transferscope.data.registry import ImageData
 
@@ -52,15 +52,6 @@ def cache_key(cfg: DataConfig, root: Path, files: list[tuple[str, int, int]], **
     for rel, size, mtime in files:
         h.update(f"\n{rel}\t{size}\t{mtime}".encode())
     return h.hexdigest()[:24]
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def note(message: str) -> None:
@@ -119,8 +110,8 @@ class CacheEntry:
                 tensors = {"x": data.x.contiguous(), "y": data.y.contiguous()}
                 if data.is_test is not None:
                     tensors["is_test"] = data.is_test.contiguous()
-                _atomic_write(self.tensors, lambda p: save_file(tensors, str(p)))
-            _atomic_write(self.json, lambda p: p.write_text(json.dumps(record)))
+                atomic_write(self.tensors, lambda p: save_file(tensors, str(p)))
+            atomic_write(self.json, lambda p: p.write_text(json.dumps(record)))
         except OSError as e:
             note(f"cannot write the dataset cache in {self.dir} ({e}); continuing without it "
                  "(set data.cache_dir or TRANSFERSCOPE_CACHE to a writable folder)")

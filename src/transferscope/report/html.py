@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from transferscope.errors import UserError
+from transferscope.report.text import slug
 
 _STYLE = """
 body { font: 15px/1.5 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; color: #1d1d1f;
@@ -44,10 +45,6 @@ footer { color: #777; font-size: 12px; margin-top: 40px; }
 
 _IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)\)$")
 _INLINE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)|\[([^\]]+)\]\(([^)\s]+)\)|\*\*(.+?)\*\*|`([^`]+)`|\*([^*\s][^*]*)\*")
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def data_uri(path: Path) -> str:

@@ -25,6 +25,7 @@ from transferscope.report.tables import (
     row_label,
     write_tables,
 )
+from transferscope.report.text import markdown_table
 
 if TYPE_CHECKING:
     from transferscope.analysis import Analysis
@@ -206,9 +207,8 @@ def _validation_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[in
     lines = [
         f"## Optimistic validation metric (mean of {meta.best_k} best validation scores)\n",
         "Optimistic: selected and scored on the same validation data. Mean (replicates, networks).\n",
-        "| treatment | " + " | ".join(f"n={n}" for n in ns) + " |",
-        "|:--|" + "--:|" * len(ns),
     ]
+    table = []
     for label in ROLE_LABELS.values():
         rows = summary.loc[summary["treatment"] == label].set_index("n")
         if rows.empty:
@@ -219,8 +219,8 @@ def _validation_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[in
             else MISSING_CELL
             for n in ns
         ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        table.append([label, *cells])
+    return "\n".join(lines) + "\n" + markdown_table(["treatment", *(f"n={n}" for n in ns)], table)
 
 
 def _unfinished_section(df: pd.DataFrame) -> str:
@@ -232,11 +232,9 @@ def _unfinished_section(df: pd.DataFrame) -> str:
     lines = [
         "## Runs not finished\n",
         "These runs are excluded from all statistics.\n",
-        "| key | treatment | status |" if has_treatment else "| key | status |",
-        "|:--|:--|:--|" if has_treatment else "|:--|:--|",
     ]
-    for _, run in unfinished.sort_values("key").iterrows():
-        middle = f" {run['treatment']} |" if has_treatment else ""
-        lines.append(f"| {run['key']} |{middle} {run['status']} |")
-    return "\n".join(lines) + "\n"
+    header = ["key", "treatment", "status"] if has_treatment else ["key", "status"]
+    rows = [[str(run["key"]), *([str(run["treatment"])] if has_treatment else []), str(run["status"])]
+            for _, run in unfinished.sort_values("key").iterrows()]
+    return "\n".join(lines) + "\n" + markdown_table(header, rows, align=":--")
 

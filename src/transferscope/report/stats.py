@@ -50,6 +50,9 @@ ROLE_LABELS: dict[str, str] = {t.role: t.label for t in TREATMENTS}
 #: Decomposition name -> (minuend role, subtrahend role); differences paired per replicate, target.
 DECOMPOSITION: dict[str, tuple[str, str]] = {c.name: (c.minuend, c.subtrahend) for c in CONTRASTS}
 
+#: what a difference is paired by: a run and its base share replicate and target task
+PAIR: tuple[str, str] = ("replicate", "target")
+
 REQUIRED_COLUMNS = ("key", "replicate", "role", "target", "n", "status")
 #: the columns of an interval over replicates (:func:`over_replicates`)
 INTERVAL_COLUMNS = ["mean", "ci_low", "ci_high", "replicates", "networks", "sd", "p"]
@@ -201,7 +204,7 @@ def paired_to_base(df: pd.DataFrame, metric: str = HEADLINE_METRIC, by: Sequence
     Returns the non-base runs that have a base, with a column ``diff``. Several base networks for
     one (replicate, target) are averaged.
     """
-    pair = [*by, "replicate", "target"]
+    pair = [*by, *PAIR]
     done = done_runs(df, metric)
     base = done.loc[done["role"] == "base"].groupby(pair)[metric].mean().rename("_base")
     runs = done.loc[done["role"] != "base"].merge(base.reset_index(), on=pair, how="inner")
@@ -221,7 +224,7 @@ def relative(df: pd.DataFrame, metric: str = HEADLINE_METRIC, by: Sequence[str] 
     done = done_runs(df, metric)
     paired = paired_to_base(done, metric, by)
     paired["quantity"] = paired["role"].map(ROLE_LABELS)
-    parts = [paired[[*by, "replicate", "target", "quantity", "n", "diff"]], _decomposition_diffs(done, metric, by)]
+    parts = [paired[[*by, *PAIR, "quantity", "n", "diff"]], _decomposition_diffs(done, metric, by)]
     parts = [part for part in parts if not part.empty]
     if not parts:
         return pd.DataFrame(columns=[*by, *RELATIVE_COLUMNS])
@@ -235,7 +238,7 @@ def relative(df: pd.DataFrame, metric: str = HEADLINE_METRIC, by: Sequence[str] 
 
 def _decomposition_diffs(done: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
     """Per (replicate, target, n) and :data:`DECOMPOSITION` name: minuend minus subtrahend role."""
-    pair = [*by, "replicate", "target"]
+    pair = [*by, *PAIR]
     columns = [*pair, "quantity", "n", "diff"]
     non_base = done.loc[done["role"] != "base"]
     if non_base.empty:

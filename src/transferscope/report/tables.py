@@ -21,6 +21,7 @@ from transferscope.report.stats import (
     summarize,
     width_note,
 )
+from transferscope.report.text import markdown_table
 
 SECTIONS = ("accuracy", "relative", "decomposition")
 TABLE_COLUMNS = ["section", "quantity", "n", "mean", "ci_low", "ci_high", "replicates", "networks", "p"]
@@ -88,10 +89,7 @@ def row_label(section: str, quantity: str) -> str:
 def layers_markdown(table: pd.DataFrame, cut_points: Sequence[int] = ()) -> str:
     """Markdown table: one row per (section, quantity), one column per cut point."""
     ns = sorted({int(n) for n in cut_points} | {int(n) for n in table["n"]})
-    lines = [
-        "| quantity | " + " | ".join(f"n={n}" for n in ns) + " |",
-        "|:--|" + "--:|" * len(ns),
-    ]
+    body = []
     for section in SECTIONS:
         rows = table.loc[table["section"] == section]
         for quantity in dict.fromkeys(rows["quantity"]):
@@ -103,8 +101,8 @@ def layers_markdown(table: pd.DataFrame, cut_points: Sequence[int] = ()) -> str:
                 else MISSING_CELL
                 for n in ns
             ]
-            lines.append(f"| {row_label(section, quantity)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            body.append([row_label(section, quantity), *cells])
+    return markdown_table(["quantity", *(f"n={n}" for n in ns)], body)
 
 
 def legend(table: pd.DataFrame) -> str:
