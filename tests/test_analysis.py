@@ -30,7 +30,7 @@ from transferscope.analysis.cka import (
     linear_cka,
     minibatches,
 )
-from transferscope.analysis.reading import compare_frames, reading
+from transferscope.report.reading import compare_frames, reading
 from transferscope.analysis.transferability import Spectrum, h_score, linear_probe, logme, maximize_evidence
 from transferscope.errors import UserError
 
@@ -594,7 +594,7 @@ def tiny_study_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_analysis(tiny_study_dir):
-    from transferscope.analysis import analyze_study
+    from transferscope.report import analyze_study
 
     return analyze_study(tiny_study_dir, out_dir=tiny_study_dir / "report")
 
@@ -661,7 +661,7 @@ def test_estimate_needs_base_weights(tmp_path) -> None:
 def test_analysis_without_weights_or_runs_degrades_gracefully(tiny_study_dir, tmp_path, capsys) -> None:
     import shutil
 
-    from transferscope.analysis import analyze_study
+    from transferscope.report import analyze_study
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_study_dir, copy, ignore=shutil.ignore_patterns("weights", "report"))
@@ -684,7 +684,7 @@ def test_analysis_without_weights_or_runs_degrades_gracefully(tiny_study_dir, tm
 
 
 def test_compare_studies_with_itself(tiny_study_dir) -> None:
-    from transferscope.analysis import compare_studies
+    from transferscope.report import compare_studies
 
     c = compare_studies(tiny_study_dir, tiny_study_dir)
     assert c.label_a != c.label_b and "random 5/5" in c.label_a
@@ -773,7 +773,7 @@ def test_report_on_a_study_whose_dataset_is_gone(tmp_path) -> None:
 
 
 def test_convergence_without_the_images_says_the_noise_floor_is_not_applied() -> None:
-    from transferscope.analysis.analyze import Analysis, _convergence_section
+    from transferscope.report.sections import Analysis, _convergence_section
 
     class NoImages:  # what Study.open gives where the dataset is gone
         data, missing = None, "the dataset cannot be loaded here: data.root: folder not found: /gone"
@@ -804,7 +804,7 @@ def test_one_diverged_base_is_named_not_called_missing_weights(tmp_path) -> None
     """Replicate 0's baseA diverged (so it has no weights); baseB's weights are there. CKA names the
     network and its status, per replicate, and compares replicate 1; the filters show baseB only,
     and their caption names only what is drawn."""
-    from transferscope.analysis import analyze_study
+    from transferscope.report import analyze_study
 
     study, _ = _folder_study(tmp_path, replicates=2)
     _diverge(study, "r0-baseA")
@@ -852,8 +852,8 @@ def test_a_failed_analysis_is_one_line_with_its_traceback_in_errors_log(tiny_stu
                                                                           monkeypatch) -> None:
     import shutil
 
-    from transferscope.analysis import analyze_study
-    from transferscope.analysis import analyze as analyze_module
+    from transferscope.report import analyze_study
+    from transferscope.report import sections as analyze_module
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_study_dir, copy, ignore=shutil.ignore_patterns("report"))

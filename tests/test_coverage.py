@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from transferscope.analysis.reading import scan
-from transferscope.report.stats import relative, summarize
+from transferscope.report.reading import scan
+from transferscope.stats import relative, summarize
 
 STUDIES = 2000
 CUT_POINTS = (1, 2, 3, 4, 5)

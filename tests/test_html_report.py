@@ -101,7 +101,7 @@ def test_converter_refuses_a_missing_image(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory) -> Path:
     """A tiny study, analysed and reported as study.write_study_report does once wired."""
-    from transferscope.analysis import analyze_study
+    from transferscope.report import analyze_study
     from transferscope.config import load_config
     from transferscope.report import ReportMeta, write_report
     from transferscope.store import Store

@@ -16,8 +16,6 @@ ROOT = Path(transferscope.__file__).parent
 #: function-level imports of the package's own modules that are allowed, and why
 LATE = {
     ("transferscope.driver", "transferscope.ray_executor"): "Ray is an optional dependency",
-    ("transferscope.report.markdown", "transferscope.analysis.reading"): "analysis/ still draws its figures "
-                                                                         "through report/ (issue 12, item 1)",
 }
 
 
@@ -88,6 +86,14 @@ def test_a_study_imports_nothing_above_its_data_models_and_treatments():
     reached = nx.descendants(graph(), "transferscope.study")
     above = {m for m in reached if m not in below and not m.startswith(("transferscope.data", "transferscope.models"))}
     assert not above, f"study.py reaches {sorted(above)}"
+
+
+def test_analyses_compute_and_the_report_writes():
+    """analysis/ returns tables and dataclasses; every word and figure is report/'s: nothing in
+    analysis/ imports report/ (report/ imports analysis/)."""
+    g = graph()
+    up = [(m, t) for m, t in g.edges if m.startswith("transferscope.analysis") and t.startswith("transferscope.report")]
+    assert not up, up
 
 
 def test_only_the_command_and_the_package_entry_import_the_driver():

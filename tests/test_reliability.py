@@ -247,7 +247,7 @@ def test_a_failed_run_records_one_line_and_logs_its_traceback(study_copy, tmp_pa
         assert rec["status"] == "failed" and "\n" not in rec["error"], rec["error"]
         assert rec["error"].endswith("(traceback in errors.log)") and "state_dict" in rec["error"], rec["error"]
         assert "traceback" not in rec
-        assert f"=== " in log and key in log
+        assert "=== " in log and key in log
     assert "Traceback (most recent call last)" in log
     status = CliRunner().invoke(app, ["status", str(study_copy)])
     lines = status.stdout.strip().splitlines()

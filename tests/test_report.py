@@ -14,7 +14,7 @@ from scipy import stats as sps
 
 from transferscope.errors import UserError
 from transferscope.report import ReportMeta, mean_ci, relative, summarize, write_report
-from transferscope.report.stats import holm, replicates_needed, width_note
+from transferscope.stats import holm, replicates_needed, width_note
 from transferscope.report.tables import format_cell
 
 REPLICATES = 3

@@ -14,7 +14,8 @@ from transferscope.analysis import recommend, similarity
 from transferscope.config import TreatmentConfig
 from transferscope.errors import UserError
 from transferscope.models import create_model
-from transferscope.report import analysis_figures, figures, markdown, stats
+from transferscope import stats
+from transferscope.report import analysis_figures, figures, markdown
 from transferscope.runner import Runner, keeps_weights
 from transferscope.study import Study
 from transferscope.surgery import reestimate_bn

@@ -17,7 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-from transferscope.analysis import analyze_study
 from transferscope.config import StudyConfig
 from transferscope.disk import check_fits
 from transferscope.errors import Interrupted, check_stop, one_line
@@ -25,7 +24,7 @@ from transferscope.executors import Epoch, Event, Executor, Finished, JobDone, P
     default_workers
 from transferscope.precision import Numerics, resolve_device
 from transferscope.progress import Progress
-from transferscope.report import ReportMeta, write_report
+from transferscope.report import ReportMeta, analyze_study, write_report
 from transferscope.runner import is_source, make_record, shares_frozen_features
 from transferscope.store import Store
 from transferscope.study import Study

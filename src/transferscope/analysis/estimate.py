@@ -31,7 +31,7 @@ from scipy import stats as sps
 from transferscope.analysis.networks import features_at, load_network, part_images, weights_absence
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
-from transferscope.report.stats import DIFFERENCE_BOUNDS, mean_ci
+from transferscope.stats import DIFFERENCE_BOUNDS, mean_ci
 from transferscope.store import Store
 from transferscope.study import Study
 from transferscope.treatments import base_key, other

@@ -9,7 +9,7 @@ each replicate.
 The recommendation for a size is the candidate with the best mean test top-1, with its 95% CI
 and its margin over training from scratch, paired by replicate and target. Every statistic takes
 one value per replicate (the mean of its two directions, which share the replicate's base
-networks) and its interval is over replicates (:mod:`transferscope.report.stats`). Every
+networks) and its interval is over replicates (:mod:`transferscope.stats`). Every
 alternative whose paired difference to the best has a 95% CI that includes 0 is listed as not
 distinguishable from it. The best is picked on the same test accuracies it reports, so its margin
 is optimistic when several candidates are close; the list of indistinguishable alternatives is
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from transferscope.report.stats import ACCURACY_BOUNDS, DIFFERENCE_BOUNDS, PAIR, mean_ci
+from transferscope.stats import ACCURACY_BOUNDS, DIFFERENCE_BOUNDS, PAIR, mean_ci
 from transferscope.treatments import AT_TARGET_SIZES, BASE, size_label, treatment
 
 #: the roles run at every target size (transferscope.treatments.TREATMENTS, ``at_target_sizes``)

@@ -23,7 +23,7 @@ import torch
 
 from transferscope.analysis.cka import MinibatchCKA, gram_linear, minibatches
 from transferscope.analysis.networks import layer_outputs, load_network, part_images, weights_absence
-from transferscope.report.stats import over_replicates, per_replicate
+from transferscope.stats import over_replicates, per_replicate
 from transferscope.store import Store
 from transferscope.treatments import TREATMENTS, base_key
 

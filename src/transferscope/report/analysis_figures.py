@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from transferscope.report.figures import DPI, STYLES
-from transferscope.report.stats import over_replicates, per_replicate
+from transferscope.stats import over_replicates, per_replicate
 from transferscope.treatments import AT_TARGET_SIZES, TREATMENTS, treatment
 
 #: the fine-tuned roles whose networks are compared with their sources (CKA), and their labels

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from transferscope.report.stats import (
+from transferscope.stats import (
     HEADLINE_METRIC,
     ROLE_LABELS,
     done_runs,
@@ -37,7 +37,7 @@ _FIG3_ROLES = roles_in("fig3")
 
 def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> Figure:
     """Fig. 2: top, one marker per network; bottom, treatment means with 95% CI bands over
-    replicates (:mod:`transferscope.report.stats`)."""
+    replicates (:mod:`transferscope.stats`)."""
     done = done_runs(df, HEADLINE_METRIC)
     ns = observed_cut_points(done, cut_points)
     fig = Figure(figsize=(9.0, 8.0))

@@ -12,7 +12,8 @@ import pandas as pd
 from transferscope.errors import UserError
 from transferscope.report.figures import write_figures
 from transferscope.report.html import write_html
-from transferscope.report.stats import (
+from transferscope.report.reading import reading
+from transferscope.stats import (
     HEADLINE_METRIC,
     INTERVAL_METHOD,
     ROLE_LABELS,
@@ -28,7 +29,7 @@ from transferscope.report.tables import (
 from transferscope.report.text import markdown_table
 
 if TYPE_CHECKING:
-    from transferscope.analysis import Analysis
+    from transferscope.report.sections import Analysis
 
 VALIDATION_METRIC = "val_best_k_mean"
 STATUS_ORDER = ("done", "diverged", "failed", "skipped")
@@ -73,7 +74,7 @@ class ReportMeta:
 def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: Analysis | None = None) -> Path:
     """Write fig2.png, fig3.png, layers.csv, layers.md, report.md and report.html into ``out_dir``.
 
-    ``analysis`` (from :func:`transferscope.analysis.analyze_study`, whose figures are already in
+    ``analysis`` (from :func:`transferscope.report.sections_study`, whose figures are already in
     ``out_dir``) adds its sections, its reading and the runs' provenance. Returns the path of
     report.md. Raises :class:`UserError` when ``df`` has no finished run.
     """
@@ -121,9 +122,6 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
 
 def _reading_section(done: pd.DataFrame, analysis: Analysis | None) -> str:
     """What the numbers show, in words, each claim with its 95% CI."""
-    # analysis/ imports report/ (its sections draw figures), so report/ reaches the Reading at call time;
-    # issue 12 item 1 moves the sections' words and figures into report/ and lifts this
-    from transferscope.analysis.reading import reading
 
     paragraphs = analysis.reading if analysis is not None and analysis.reading else reading(done)
     if not paragraphs:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from transferscope.report.stats import (
+from transferscope.stats import (
     DECOMPOSITION,
     HEADLINE_METRIC,
     INTERVAL_METHOD,

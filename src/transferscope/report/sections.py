@@ -1,5 +1,6 @@
 """Every analysis of a finished (or partly finished) study, as report sections with their figures.
 
+The numbers come from :mod:`transferscope.analysis`; the words, tables and figures are written here.
 :func:`analyze_study` computes, from a study directory, the sections the report adds to the
 paper's figures and tables: whether the base networks trained long enough, representation
 similarity (CKA), transferability predicted without training (LogME, H-score, linear probe),
@@ -30,7 +31,6 @@ import transferscope.analysis.recommend as rec
 from transferscope.analysis.estimate import SCORES, estimate, measured_transfer, score_correlations
 from transferscope.analysis.filters import study_filters
 from transferscope.analysis.networks import weights_absence
-from transferscope.analysis.reading import Comparison, compare_studies, head_start, interval, reading, signed
 from transferscope.analysis.similarity import base_curve, base_matrix, finetune_table, study_similarity
 from transferscope.errors import UserError, one_line
 from transferscope.provenance import provenance
@@ -43,9 +43,10 @@ from transferscope.report.analysis_figures import (
     plot_target_sizes,
     save,
 )
-from transferscope.report.stats import PAIR, ROLE_LABELS, done_runs, relative
+from transferscope.report.reading import Comparison, compare_studies, head_start, interval, reading, signed
 from transferscope.report.tables import format_cell as _cell
 from transferscope.report.text import markdown_table, slug
+from transferscope.stats import PAIR, ROLE_LABELS, done_runs, relative
 from transferscope.store import Store
 from transferscope.study import Study
 from transferscope.treatments import TREATMENTS, base_key

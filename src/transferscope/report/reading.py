@@ -1,7 +1,7 @@
 """A reading of the results in words: each claim with its 95% CI, and none the intervals do not support.
 
 Differences are paired by replicate and target task and summarised over replicates, the
-independent unit (see :mod:`transferscope.report.stats`). A claim about one cell is *significant*
+independent unit (see :mod:`transferscope.stats`). A claim about one cell is *significant*
 when its 95% interval excludes zero. A claim that scans the cut points ("significantly above zero
 at n = 3, 4, 5", "first significant at n = 3") is Holm-corrected over the cut points of that
 quantity, which keeps the chance of any false claim in it at most 5% where nothing differs; cells
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from transferscope.report.stats import (
+from transferscope.stats import (
     CONFIDENCE,
     DIFFERENCE_BOUNDS,
     done_runs,
@@ -71,7 +71,7 @@ def _ns(ns: list[int]) -> str:
 
 
 def scan(rows: pd.DataFrame) -> pd.DataFrame:
-    """The cut points of one quantity (rows of :func:`~transferscope.report.stats.relative`), with
+    """The cut points of one quantity (rows of :func:`~transferscope.stats.relative`), with
     ``p_holm`` (Holm-adjusted over these cut points), ``sign`` (+1 / -1 significantly above / below
     zero after the correction, 0 where the data cannot tell or there is no interval) and
     ``cell_sign`` (the same from the cell's own interval)."""
