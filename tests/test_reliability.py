@@ -6,6 +6,7 @@ resumes (issue 11)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +44,17 @@ def cli(*args: object, cwd: Path, timeout: float = 300) -> subprocess.CompletedP
                           check=False)
 
 
-def start(args: list[object], cwd: Path, log: Path) -> subprocess.Popen:
+@contextlib.contextmanager
+def driving(args: list[object], cwd: Path, log: Path) -> Iterator[subprocess.Popen]:
+    """A driver started in the background (stderr to ``log``), killed if the block leaves it running."""
     with open(log, "w") as err:
-        return subprocess.Popen([str(EXE), *map(str, args)], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        driver = subprocess.Popen([str(EXE), *map(str, args)], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        yield driver
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
 
 
 def one_line(proc_err: str, code: int, returncode: int, *patterns: str) -> str:
@@ -116,8 +126,7 @@ def test_a_second_driver_is_refused_and_signals_stop_with_a_line(tmp_path):
             *NET, *SERIAL, "-o", tmp_path / "study"]
     study = tmp_path / "study"
     for signum in (signal.SIGTERM, signal.SIGINT):
-        driver = start(args, tmp_path, tmp_path / "driver.err")
-        try:
+        with driving(args, tmp_path, tmp_path / "driver.err") as driver:
             before = len(records(study)) if (study / "runs").is_dir() else 0
             wait_for(lambda: f"pid {driver.pid}," in ((study / ".lock").read_text() if (study / ".lock").is_file()
                                                       else ""), "the lock", driver)
@@ -131,10 +140,6 @@ def test_a_second_driver_is_refused_and_signals_stop_with_a_line(tmp_path):
             wait_for(lambda: len(records(study)) > before, "a new record", driver)
             driver.send_signal(signum)
             driver.wait(timeout=60)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
         err = (tmp_path / "driver.err").read_text()
         assert driver.returncode == 128 + signum, err
         assert "Traceback" not in err, err
@@ -175,9 +180,8 @@ def test_bases_lost_to_killed_workers_strand_nothing(tmp_path):
     and exits 0, and status no longer names a failed source."""
     study = tmp_path / "study"
     args = ["run", *SMALL, "--set", "execution.workers=2", "-o", study]
-    driver = start(args, tmp_path, tmp_path / "driver.err")
     killed: set[int] = set()
-    try:
+    with driving(args, tmp_path, tmp_path / "driver.err") as driver:
         for _ in range(3):  # the job of a worker that dies 3 times fails (2 retries)
             wait_for(lambda: len(spawned_workers(driver.pid) - killed) == 2, "two fresh workers", driver)
             fresh = spawned_workers(driver.pid) - killed
@@ -185,10 +189,6 @@ def test_bases_lost_to_killed_workers_strand_nothing(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             killed |= fresh
         driver.wait(timeout=120)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
     err = (tmp_path / "driver.err").read_text()
     st = {k: r["status"] for k, r in records(study).items()}
     assert st == {"r0-baseA": "failed", "r0-baseB": "failed", "r0-AnB-n1": "skipped", "r0-AnB+-n1": "skipped"}, err
@@ -373,9 +373,8 @@ def test_a_real_full_disk(tmp_path):
         assert not (mnt / "big" / "runs").exists()
 
         study = mnt / "study"
-        driver = start(["run", *SMALL, *SERIAL, "-o", study], tmp_path, tmp_path / "driver.err")
         filler = mnt / "filler"
-        try:
+        with driving(["run", *SMALL, *SERIAL, "-o", study], tmp_path, tmp_path / "driver.err") as driver:
             wait_for(lambda: (study / "runs").is_dir() and len(list((study / "runs").glob("*.json"))) >= 1,
                      "a record", driver)
             fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # fill the disk to the last byte (unbuffered)
@@ -387,10 +386,6 @@ def test_a_real_full_disk(tmp_path):
             finally:
                 os.close(fd)
             driver.wait(timeout=120)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
         err = (tmp_path / "driver.err").read_text()
         assert driver.returncode == 1, err
         assert "Traceback" not in err and re.search(r"No space left on device; free some space", err), err
