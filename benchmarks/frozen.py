@@ -145,10 +145,10 @@ def part_b(ctx, base: list[str]) -> dict[str, Any]:
                      f"train.precision={precision}", f"execution.workers={ctx.workers}"]
         c = run_ts(ov + ["train.frozen_features=cached"], ctx.work / f"frozen-exact-{precision}-cached")
         r = run_ts(ov + ["train.frozen_features=recompute"], ctx.work / f"frozen-exact-{precision}-recompute")
-        frozen_keys = {x["key"] for x in c["records"] if x["frozen_layers"] > 0}
+        frozen_keys = {x.key for x in c["records"] if x.frozen_layers > 0}
         same = metrics_equal(c["records"], r["records"], frozen_keys)
-        exact.append({"precision": c["records"][0]["precision"], **same, "cached_s": c["study_s"], "recompute_s": r["study_s"],
-                      "cache_used": sum(1 for x in c["records"] if x.get("feature_cache"))})
+        exact.append({"precision": c["records"][0].precision, **same, "cached_s": c["study_s"], "recompute_s": r["study_s"],
+                      "cache_used": sum(1 for x in c["records"] if x.feature_cache)})
     out["exact"] = exact
     # augmentation on: within replicate noise
     ov = base + ["train.augment=true", f"treatments.replicates={ctx.sizes['b_aug_replicates']}",
@@ -169,8 +169,8 @@ def part_b(ctx, base: list[str]) -> dict[str, Any]:
     m, half, _ = mean_ci((merged.test_top1_c - merged.test_top1_r).tolist())
     out["augmented"] = {"rows": rows, "within": sum(within), "total": len(within), "paired_mean": m, "paired_ci95": half,
                         "cached_s": c["study_s"], "recompute_s": r["study_s"], "runs": c["runs"],
-                        "views": sorted({x["feature_cache"]["views"] for x in c["records"] if x.get("feature_cache")}),
-                        "memory_mb_max": max((x["feature_cache"]["memory_mb"] for x in c["records"] if x.get("feature_cache")), default=0.0),
+                        "views": sorted({x.feature_cache.views for x in c["records"] if x.feature_cache}),
+                        "memory_mb_max": max((x.feature_cache.memory_mb for x in c["records"] if x.feature_cache), default=0.0),
                         "limit_gb": c["config"].train.feature_memory_gb}
     return out
 

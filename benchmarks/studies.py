@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import log
+from transferscope.record import RunRecord
 
 
 def run_ts(overrides: list[str], out: Path, *, load_separately: bool = True) -> dict[str, Any]:
@@ -43,14 +44,10 @@ def run_ts(overrides: list[str], out: Path, *, load_separately: bool = True) -> 
             "load_s": load_s, "runs": len(frame), "out": str(out)}
 
 
-def metrics_equal(a: list[dict], b: list[dict], keys: set[str] | None = None) -> dict[str, Any]:
+def metrics_equal(a: list[RunRecord], b: list[RunRecord], keys: set[str] | None = None) -> dict[str, Any]:
     """Compare the metrics and per-epoch history of the runs two studies share (exactly)."""
-    ia = {r["key"]: r for r in a if keys is None or r["key"] in keys}
-    ib = {r["key"]: r for r in b if keys is None or r["key"] in keys}
+    ia = {r.key: r for r in a if keys is None or r.key in keys}
+    ib = {r.key: r for r in b if keys is None or r.key in keys}
     common = sorted(set(ia) & set(ib))
-    differ = []
-    for k in common:
-        ra, rb = ia[k], ib[k]
-        if ra.get("metrics") != rb.get("metrics") or [h for h in ra.get("history", [])] != [h for h in rb.get("history", [])]:
-            differ.append(k)
+    differ = [k for k in common if ia[k].metrics != ib[k].metrics or ia[k].history != ib[k].history]
     return {"compared": len(common), "differ": differ, "identical": not differ and len(common) > 0}

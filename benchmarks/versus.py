@@ -80,9 +80,9 @@ def run(ctx) -> Section:
                                                       suffixes=("_ts", "_ref"))
     pm, ph, _ = mean_ci((paired.test_top1_ts - paired.test_top1_ref).astype(float).tolist())
     cfg = ts["config"]
-    trains = sorted({r["train_images"] for r in ts["records"]})
+    trains = sorted({r.train_images for r in ts["records"]})
     data = {"transferscope": {"decode_s": ts["load_s"], "study_s": ts["study_s"], "total_s": ts_total,
-                              "runs": ts["runs"], "workers": ctx.workers, "precision": ts["records"][0]["precision"]},
+                              "runs": ts["runs"], "workers": ctx.workers, "precision": ts["records"][0].precision},
             "reference": {"total_s": ref_total, "runs": len(ref["runs"]), "threads": ref["threads"],
                           "loader_workers": ref["loader_workers"], "data_wait_s": ref["data_wait_s"],
                           "step_s": ref["step_s"]},

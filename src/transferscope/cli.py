@@ -121,16 +121,16 @@ def status(directory: Annotated[Path, typer.Argument(help="A study's results dir
 
     store = Store(directory)
     study = Study.open(store, images=False)
-    recorded = {r["key"]: r for r in store.records()}
-    counts = Counter(recorded[s.key]["status"] if s.key in recorded else "pending" for s in study.plan)
+    recorded = {r.key: r for r in store.records()}
+    counts = Counter(recorded[s.key].status if s.key in recorded else "pending" for s in study.plan)
     typer.echo(f"{directory}: {len(study.plan)} runs: " + ", ".join(
         f"{counts[k]} {k}" for k in ("done", "pending", "diverged", "failed", "skipped") if counts[k]))
     for s in study.plan:
         r = recorded.get(s.key)
-        if r is not None and r["status"] != "done":
-            error = str(r.get("error") or "").strip().splitlines()
-            typer.echo(f"  {s.key}: {r['status']}" + (f" ({error[0]})" if error else "")
-                       + (f" at epoch {r['diverged_epoch']}" if r.get("diverged_epoch") else ""))
+        if r is not None and r.status != "done":
+            error = (r.error or "").strip().splitlines()
+            typer.echo(f"  {s.key}: {r.status}" + (f" ({error[0]})" if error else "")
+                       + (f" at epoch {r.diverged_epoch}" if r.diverged_epoch else ""))
     outside = sorted(set(recorded) - {s.key for s in study.plan})
     if outside:  # a directory written by hand, or by a version that let a plan shrink
         typer.echo(f"  {len(outside)} recorded run(s) outside the plan in {store.config_path}: {', '.join(outside[:5])}"

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -24,6 +23,7 @@ from transferscope.executors import Epoch, Event, Executor, Finished, JobDone, P
     default_workers
 from transferscope.precision import Numerics, resolve_device
 from transferscope.progress import Progress
+from transferscope.record import RunRecord
 from transferscope.report import ReportMeta, analyze_study, write_report
 from transferscope.runner import is_source, make_record, shares_frozen_features
 from transferscope.store import Store
@@ -116,7 +116,7 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
         try:
             return _Driver(study, store, progress).run(report)
         except Interrupted as e:
-            recorded = {r["key"] for r in store.records()} if store.exists() else set()
+            recorded = {r.key for r in store.records()} if store.exists() else set()
             e.summary = (f"stopped: {len(recorded & {s.key for s in study.plan})} of {len(study.plan)} runs recorded in "
                          f"{store.root}; run the same command to resume")
             raise
@@ -168,7 +168,7 @@ class _Driver:
         deterministic: its dependants stay skipped); a source whose weights are damaged or gone is
         trained again (to the same weights: a run depends only on its key)."""
         study, store = self.study, self.store
-        recorded = {r["key"]: r["status"] for r in store.records()}
+        recorded = {r.key: r.status for r in store.records()}
         sources = {s.key: s.depends_on for s in study.plan}
         damaged = {s.key: why for s in study.plan if recorded.get(s.key) == "done" and is_source(s)
                    and (why := _damaged_weights(store, s.key))}
@@ -210,18 +210,18 @@ class _Driver:
             self.bar.epoch_done(event.epoch, event.row)
         elif isinstance(event, Finished):
             rec = event.result.record
-            if rec["key"] in self.schedule.recorded:
+            if rec.key in self.schedule.recorded:
                 return  # delivered again by a retried task: the first one counts
             if event.result.weights is not None:  # before the record: a recorded base has weights
-                spec = self.schedule.spec(event.job_key, rec["key"])
-                self.store.save_weights(rec["key"], event.result.weights, half=not is_source(spec))
-            self._record(rec)
+                spec = self.schedule.spec(event.job_key, rec.key)
+                self.store.save_weights(rec.key, event.result.weights, half=not is_source(spec))
+            self._record(rec, event.result.traceback)
         elif isinstance(event, JobDone):
             if event.error:  # the job could not finish: its unfinished runs fail
                 for spec in self.schedule.submitted[event.job_key].specs:
                     if spec.key not in self.schedule.recorded:
-                        self._record(make_record(self.study, spec, status="failed", error=event.error,
-                                                 traceback=event.traceback or event.error))
+                        self._record(make_record(self.study, spec, "failed", error=event.error),
+                                     event.traceback or event.error)
             self._submit_ready(executor)
 
     def _submit_ready(self, executor: Executor) -> None:
@@ -230,17 +230,16 @@ class _Driver:
                 executor.submit(job)
             else:
                 for spec in job.specs:
-                    self._record(make_record(self.study, spec, status="skipped", error=blocked))
+                    self._record(make_record(self.study, spec, "skipped", error=blocked))
 
-    def _record(self, rec: dict[str, Any]) -> None:
-        trace = rec.pop("traceback", None)
+    def _record(self, rec: RunRecord, trace: str | None = None) -> None:
+        """Record a run; a failed run's traceback goes to errors.log and its record says so."""
         if trace:
-            rec["error"] = f"{rec.get('error') or 'failed'} (traceback in {self.store.log_path.name})"
-            self.store.log_error(rec["key"], trace)
+            rec = replace(rec, error=f"{rec.error or 'failed'} (traceback in {self.store.log_path.name})")
+            self.store.log_error(rec.key, trace)
         self.store.record(rec)
-        self.schedule.settle(rec["key"], rec["status"])
-        self.bar.run_finished(rec["key"], rec["status"], rec.get("metrics", {}).get("test_top1"),
-                              self.epochs[rec["key"]] - len(rec.get("history", [])))
+        self.schedule.settle(rec.key, rec.status)
+        self.bar.run_finished(rec.key, rec.status, rec.test_top1, self.epochs[rec.key] - len(rec.history))
 
 
 def write_study_report(store: Store, study: Study | None = None, compare: str | Path | None = None) -> Path:

@@ -230,7 +230,7 @@ class ProcessExecutor:
                 yield from self._check_workers()
                 continue
             if isinstance(event, Finished):
-                self.reported.setdefault(event.job_key, set()).add(event.result.record["key"])
+                self.reported.setdefault(event.job_key, set()).add(event.result.record.key)
             elif isinstance(event, JobDone):
                 for slot, job in self.holding.items():
                     if job is not None and job.key == event.job_key:

@@ -21,6 +21,7 @@ import torch
 from transferscope.config import StudyConfig, config_from_dict
 from transferscope.errors import UserError
 from transferscope.executors import Event, Finished, JobDone, job_events
+from transferscope.record import RunRecord
 from transferscope.runner import Runner
 from transferscope.store import Store
 from transferscope.study import Study
@@ -40,9 +41,9 @@ def _ray_job(config_json: str, job: Job, source: dict[str, torch.Tensor] | None,
         yield event  # a plain loop: Ray drives the generator with send()
 
 
-def _is_source(record: dict[str, Any]) -> bool:
+def _is_source(record: RunRecord) -> bool:
     """Whether a finished run is a base network on all its data (what transfers copy from)."""
-    return treatment(record["role"]).is_base and record.get("target_size") is None
+    return treatment(record.role).is_base and record.target_size is None
 
 
 def import_ray():
@@ -98,8 +99,8 @@ class RayExecutor:
                     yield JobDone(job.key, f"{type(e).__name__}: {lines[-1] if lines else ''}", str(e))
                     continue
                 if isinstance(event, Finished) and event.result.weights is not None and _is_source(event.result.record) \
-                        and event.result.record["key"] not in self.sources:
-                    self.sources[event.result.record["key"]] = self.ray.put(event.result.weights)
+                        and event.result.record.key not in self.sources:
+                    self.sources[event.result.record.key] = self.ray.put(event.result.weights)
                 elif isinstance(event, JobDone):
                     del self.running[gen]
                 yield event

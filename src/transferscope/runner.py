@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +23,7 @@ from transferscope.features import FeatureBank, FrozenFeatures, plan_views
 from transferscope.models.cutnet import CutNet
 from transferscope.precision import Numerics, resolve_device
 from transferscope.provenance import provenance
+from transferscope.record import FeatureCache, RunRecord, Split
 from transferscope.seeds import derive_seed
 from transferscope.surgery import freeze, parameter_counts, reestimate_bn, transplant
 from transferscope.train import train_network
@@ -37,26 +38,23 @@ EpochCallback = Callable[[str, int, dict[str, float]], None]
 
 @dataclass
 class RunResult:
-    record: dict[str, Any]
+    record: RunRecord
     weights: StateDict | None = None  # base networks only: the source of every copy
+    traceback: str | None = None  # a failed run's: the driver moves it to the study's errors.log
 
 
-def make_record(study: Study, spec: RunSpec, **fields: Any) -> dict[str, Any]:
+def make_record(study: Study, spec: RunSpec, status: str, **outcome: Any) -> RunRecord:
+    """The record of ``spec``: its identity, data, budget, seeds and provenance, with ``status``
+    and the ``outcome`` fields of :class:`~transferscope.record.RunRecord`."""
     split = study.split(spec.replicate)
-    seed = study.config.seed
-    return {
-        "key": spec.key, "replicate": spec.replicate, "treatment": spec.treatment, "role": spec.role,
-        "target": spec.target, "source": spec.source, "n": spec.n, "target_size": spec.size,
-        "train_images": study.train_images(*spec.task_key), "budget": asdict(study.budget(spec)),
-        "frozen_layers": spec.frozen,
-        "copied_layers": spec.copied, "source_network": spec.source_net, "depends_on": spec.depends_on,
-        "split": {"A": list(split.names("A")), "B": list(split.names("B")), "description": split.description},
-        "seeds": {"study": seed, "init": derive_seed("init", seed, spec.seed_key),
-                  "data": derive_seed("data", seed, spec.seed_key),
-                  "partition": derive_seed("partition", seed, spec.replicate, spec.target)},
-        "config": study.config.to_dict(), **fields, **provenance(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return RunRecord(
+        key=spec.key, replicate=spec.replicate, treatment=spec.treatment, role=spec.role, target=spec.target,
+        n=spec.n, status=status, source=spec.source, target_size=spec.size, frozen_layers=spec.frozen,
+        copied_layers=spec.copied, source_network=spec.source_net, depends_on=spec.depends_on,
+        train_images=study.train_images(*spec.task_key), budget=study.budget(spec),
+        split=Split(split.names("A"), split.names("B"), split.description), seeds=study.seeds(spec),
+        config=study.config.to_dict(), **outcome, provenance=provenance(),
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
 class Runner:
@@ -150,17 +148,17 @@ class Runner:
             cfg = self.study.config
             outcome = train_network(
                 net, self.study.task(*spec.task_key), cfg.train, cfg.eval, copied=spec.copied,
-                data_seed=derive_seed("data", cfg.seed, spec.seed_key), flip=self.study.flip,
+                data_seed=self.study.seeds(spec).data, flip=self.study.flip,
                 numerics=self.numerics, features=features, budget=self.study.budget(spec),
                 on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
         except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)
             # the driver moves the traceback to the study's errors.log; the record keeps one line
-            return RunResult(make_record(self.study, spec, status="failed", error=one_line(e),
-                                         traceback=traceback.format_exc(), wall_time_s=time.perf_counter() - start))
-        cache = ({"views": len(features.train_views), "memory_mb": round(features.nbytes / 2**20, 2),
-                  "build_time_s": round(feature_time, 3)} if features is not None else None)
+            return RunResult(make_record(self.study, spec, "failed", error=one_line(e),
+                                         wall_time_s=time.perf_counter() - start), traceback=traceback.format_exc())
+        cache = (FeatureCache(views=len(features.train_views), memory_mb=round(features.nbytes / 2**20, 2),
+                              build_time_s=round(feature_time, 3)) if features is not None else None)
         record = make_record(
-            self.study, spec, status=outcome.status, history=outcome.history, metrics=outcome.metrics,
+            self.study, spec, outcome.status, history=tuple(outcome.history), metrics=outcome.metrics,
             diverged_epoch=outcome.diverged_epoch, steps_run=outcome.steps, trainable_params=trainable,
             total_params=total, wall_time_s=time.perf_counter() - start + feature_time, precision=self.numerics.name,
             device=str(self.numerics.device), feature_cache=cache)

@@ -8,6 +8,7 @@ name, so it is the same on any machine and independent of the order in which run
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 
@@ -22,3 +23,14 @@ def generator(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """The seeds of the named streams one run drew from (kept in its record)."""
+
+    study: int  # the study's declared seed, the root of every stream below
+    init: int  # weight initialisation
+    data: int  # the data order and augmentation
+    partition: int  # the per-class train/val/test partition of the run's target task
+    split: int | None = None  # the replicate's random class split (None: a split read from a file or groups)

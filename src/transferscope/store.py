@@ -8,7 +8,8 @@ Layout of a study directory::
                             shape, classes and counts, so status and report work without it)
                             and the resolved device and precision
     splits.json             each replicate's class split, with class names
-    runs/<key>.json         one record per finished run (written atomically when it finishes)
+    runs/<key>.json         one record per finished run (record.RunRecord; written atomically when
+                            it finishes)
     weights/<key>.safetensors   base network weights (the sources of every transfer), and the
                             fine-tuned networks' in float16 (eval.save_weights)
     errors.log              the tracebacks behind failed runs' one-line errors
@@ -40,6 +41,7 @@ from safetensors.torch import load_file, save
 from transferscope.atomic import atomic_write
 from transferscope.config import StudyConfig, dump_toml, load_config, toml_value
 from transferscope.errors import UserError
+from transferscope.record import RecordError, RunRecord, runs_frame
 
 CONFIG_FILE = "config.toml"
 #: keys that only choose which runs the study has: a study directory may be resumed with others
@@ -79,10 +81,6 @@ def _shown(value: Any) -> str:
     return "unset" if value is None else toml_value(value)
 
 
-#: fields every run record has (a file without them is not a run record)
-RECORD_FIELDS = {"key": str, "replicate": int, "treatment": str, "role": str, "target": str, "n": int, "status": str}
-#: a run's outcome: done, or why not
-STATUSES = ("done", "diverged", "failed", "skipped")
 #: float tensors of fine-tuned networks are kept in float16 (half the bytes; the analyses that read
 #: them, CKA and filter changes, see differences far above its 2^-11 relative rounding)
 HALF = torch.float16
@@ -220,7 +218,7 @@ class Store:
                                 "that is available, or use another --output")
 
     def _check_plan(self, recorded: StudyConfig, config: StudyConfig, plan: set[str]) -> None:
-        keys = {r["key"] for r in self.records()}
+        keys = {r.key for r in self.records()}
         dropped = sorted(keys - plan)
         if not dropped:
             return
@@ -249,20 +247,26 @@ class Store:
     def run_path(self, key: str) -> Path:
         return self.root / "runs" / f"{key}.json"
 
-    def record(self, record: dict[str, Any]) -> None:
-        atomic_write(self.run_path(record["key"]), json.dumps(record, indent=1).encode())
+    def record(self, record: RunRecord) -> None:
+        atomic_write(self.run_path(record.key), record.to_json().encode())
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[RunRecord]:
+        """Every recorded run, in key order; one line naming the file where one is not a record."""
         out = []
         for path in sorted((self.root / "runs").glob("*.json")):
             try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
+                text = path.read_text()
+            except OSError as e:
                 raise UserError(f"{path}: unreadable run record ({e}); delete it to run that network again") from None
-            problem = _record_problem(record, path.stem)
-            if problem:
-                raise UserError(f"{path}: not a transferscope run record ({problem}); delete it to run that network "
+            try:
+                record = RunRecord.from_json(text)
+                if record.key != path.stem:
+                    raise RecordError(f"its key {record.key!r} does not match the file name")
+            except RecordError as e:
+                raise UserError(f"{path}: not a transferscope run record ({e}); delete it to run that network "
                                 "again") from None
+            except ValueError as e:
+                raise UserError(f"{path}: unreadable run record ({e}); delete it to run that network again") from None
             out.append(record)
         return out
 
@@ -313,24 +317,6 @@ class Store:
 STUDY_FILE = "study.json"
 
 
-def _record_problem(record: Any, stem: str) -> str | None:
-    """What makes ``record`` not a run record, or None."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    missing = [k for k in RECORD_FIELDS if k not in record]
-    if missing:
-        return f"no {', '.join(missing)}"
-    wrong = [f"{k} is {type(record[k]).__name__}, not {t.__name__}" for k, t in RECORD_FIELDS.items()
-             if not isinstance(record[k], t) or (t is int and isinstance(record[k], bool))]
-    if wrong:
-        return "; ".join(wrong)
-    if record["status"] not in STATUSES:
-        return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
-    if record["key"] != stem:
-        return f"its key {record['key']!r} does not match the file name"
-    return None
-
-
 def _data_change(was: dict[str, Any], now: dict[str, Any]) -> str:
     """What differs between two data descriptions, in words."""
     parts = []
@@ -348,27 +334,3 @@ def _data_change(was: dict[str, Any], now: dict[str, Any]) -> str:
     if was.get("image_shape") != now.get("image_shape"):
         parts.append(f"image shape {was.get('image_shape')} recorded, {now.get('image_shape')} now")
     return "; ".join(parts) or "same counts, different pixels or files"
-
-
-def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    rows = []
-    for r in records:
-        rows.append({
-            "key": r["key"], "replicate": r["replicate"], "treatment": r["treatment"], "role": r["role"],
-            "target": r["target"], "source": r["source"], "n": r["n"], "target_size": r.get("target_size"),
-            "train_images": r.get("train_images"), "status": r["status"],
-            **r.get("metrics", {}),
-            "trainable_params": r.get("trainable_params"), "total_params": r.get("total_params"),
-            "wall_time_s": r.get("wall_time_s"), "budget_rule": r.get("budget", {}).get("rule"),
-            "budget_epochs": r.get("budget", {}).get("epochs"), "budget_steps": r.get("budget", {}).get("steps"),
-            "epochs_run": len(r.get("history", [])), "steps_run": r.get("steps_run"),
-            "diverged_epoch": r.get("diverged_epoch"), "error": r.get("error"),
-            "init_seed": r.get("seeds", {}).get("init"), "data_seed": r.get("seeds", {}).get("data"),
-            "split_A": " ".join(r.get("split", {}).get("A", [])), "split_B": " ".join(r.get("split", {}).get("B", [])),
-        })
-    cols = ["key", "replicate", "treatment", "role", "target", "source", "n", "status", "test_top1"]
-    frame = pd.DataFrame(rows, columns=None if rows else cols)
-    for col in ("test_top1", "val_top1", "val_best_k_mean"):
-        if col not in frame:
-            frame[col] = float("nan")
-    return frame

@@ -15,11 +15,11 @@ import torch
 
 from transferscope.config import StudyConfig
 from transferscope.data import ImageData, load_dataset
-from transferscope.data.splits import ClassSplit, split_classes
+from transferscope.data.splits import ClassSplit, split_classes, split_seed
 from transferscope.data.tasks import Task, make_task, partition, reduce_train, reduced
 from transferscope.errors import UserError
 from transferscope.models import CutNet, create_model
-from transferscope.seeds import derive_seed
+from transferscope.seeds import Seeds, derive_seed
 from transferscope.store import Store
 from transferscope.surgery import check_cut
 from transferscope.train import Budget, run_budget
@@ -149,6 +149,15 @@ class Study:
         reduced target data what ``treatments.size_budget`` gives (see train.run_budget)."""
         return run_budget(self.config.train, self.config.treatments.size_budget, self.train_images(*spec.task_key),
                           self.train_images(spec.replicate, spec.target))
+
+    def seeds(self, spec: RunSpec) -> Seeds:
+        """The seeds of the random streams ``spec`` draws from: named by what they are for and
+        derived from the study's seed and the run's :attr:`~RunSpec.seed_key`."""
+        seed = self.config.seed
+        return Seeds(study=seed, init=derive_seed("init", seed, spec.seed_key),
+                     data=derive_seed("data", seed, spec.seed_key),
+                     partition=derive_seed("partition", seed, spec.replicate, spec.target),
+                     split=split_seed(self.config.split, spec.replicate))
 
     def new_network(self, spec: RunSpec, task: str, seed_key: str) -> CutNet:
         m = self.config.model

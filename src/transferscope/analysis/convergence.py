@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from transferscope.record import RunRecord
+
 THRESHOLD = 0.002
 TAIL_FRACTION = 0.2
 MIN_TAIL = 3
@@ -98,23 +100,23 @@ def noise_floor(accuracy: float, images: int | None) -> float:
     return 2.0 * math.sqrt(p * (1.0 - p) / images)
 
 
-def check_convergence(records: list[dict], epochs: int, threshold: float = THRESHOLD,
+def check_convergence(records: list[RunRecord], epochs: int, threshold: float = THRESHOLD,
                       val_images: dict[tuple[int, str], int] | None = None) -> Convergence:
     """Check every finished base network's recorded validation curve. ``val_images``: the number
     of validation images per (replicate, task), for the noise floor."""
     rows, curves = [], {}
     for rec in records:
-        if rec.get("role") != "base" or rec.get("status") != "done":
+        if rec.role != "base" or rec.status != "done":
             continue
-        curve = [float(h.get("val_top1", float("nan"))) for h in rec.get("history", [])]
+        curve = [float(h.get("val_top1", float("nan"))) for h in rec.history]
         slope, k = tail_slope(curve)
-        curves[rec["key"]] = curve
-        size = rec.get("target_size")
+        curves[rec.key] = curve
+        size = rec.target_size
         final = curve[-1] if curve else float("nan")
         rise = slope * (k - 1) if math.isfinite(slope) else float("nan")
-        noise = noise_floor(final, (val_images or {}).get((int(rec["replicate"]), str(rec["target"]))))
+        noise = noise_floor(final, (val_images or {}).get((rec.replicate, rec.target)))
         steep = bool(math.isfinite(slope) and slope > threshold)
-        rows.append((rec["key"], rec["replicate"], rec["target"], float("nan") if size is None else float(size),
+        rows.append((rec.key, rec.replicate, rec.target, float("nan") if size is None else float(size),
                      len(curve), k, slope, rise, noise, final, max(curve) if curve else float("nan"),
                      steep and not (math.isfinite(noise) and rise <= noise), steep))
     frame = pd.DataFrame(rows, columns=["key", "replicate", "target", "target_size", "epochs", "k", "slope", "rise",

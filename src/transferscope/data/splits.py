@@ -115,11 +115,16 @@ def group_split(groups: dict[str, str], names: tuple[str, ...], a_groups: tuple[
     return _checked(a, b, names, "split", desc)
 
 
+def split_seed(cfg: SplitConfig, replicate: int) -> int | None:
+    """The seed of replicate ``replicate``'s random split; None for the other kinds (fixed splits)."""
+    return cfg.seed + replicate if cfg.kind == "random" else None
+
+
 def split_classes(cfg: SplitConfig, data: ImageData, replicate: int) -> ClassSplit:
     """The class split of one replicate. Random splits draw a new split per replicate
     (seed ``cfg.seed + replicate``); file and group splits are the same for every replicate."""
     if cfg.kind == "random":
-        return random_split(data.num_classes, data.class_names, cfg.seed + replicate, cfg.sizes)
+        return random_split(data.num_classes, data.class_names, split_seed(cfg, replicate), cfg.sizes)  # type: ignore[arg-type]
     if cfg.kind == "natural-vs-manmade":
 
         return group_split(natural_vs_manmade(data), data.class_names, ("natural",), ("man-made",),

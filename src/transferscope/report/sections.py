@@ -34,6 +34,7 @@ from transferscope.analysis.networks import weights_absence
 from transferscope.analysis.similarity import base_curve, base_matrix, finetune_table, study_similarity
 from transferscope.errors import UserError, one_line
 from transferscope.provenance import provenance
+from transferscope.record import RunRecord
 from transferscope.report.analysis_figures import (
     plot_cka_curves,
     plot_cka_heatmaps,
@@ -85,13 +86,12 @@ class Analysis:
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _records_classes(records: list[dict]) -> dict[tuple[int, str], int]:
+def _records_classes(records: list[RunRecord]) -> dict[tuple[int, str], int]:
+    """Classes per (replicate, task), from the recorded splits."""
     out: dict[tuple[int, str], int] = {}
     for r in records:
-        split = r.get("split") or {}
-        for task in ("A", "B"):
-            if task in split:
-                out[(int(r["replicate"]), task)] = len(split[task])
+        if r.split is not None:
+            out[r.replicate, "A"], out[r.replicate, "B"] = len(r.split.A), len(r.split.B)
     return out
 
 
@@ -104,16 +104,16 @@ def _no_images(study) -> str:
 # ------------------------------------------------------------------------------ convergence
 
 
-def _val_images(study, records: list[dict]) -> dict[tuple[int, str], int] | None:
+def _val_images(study, records: list[RunRecord]) -> dict[tuple[int, str], int] | None:
     """Validation images per (replicate, task) of the base networks, for the noise floor; None
     where the study has no images (run records do not hold these counts)."""
     if study.data is None:
         return None
-    tasks = {(int(r["replicate"]), str(r["target"])) for r in records if r.get("role") == "base"}
+    tasks = {(r.replicate, r.target) for r in records if r.role == "base"}
     return {t: len(study.task(*t).val) for t in tasks}
 
 
-def _convergence_section(records: list[dict], study, done: pd.DataFrame, out: Path, title: str,
+def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, out: Path, title: str,
                          analysis: Analysis) -> Section:
 
     epochs, schedule = study.config.train.epochs, study.config.train.schedule
@@ -377,7 +377,7 @@ def _filters_section(store: Store, study, frame: pd.DataFrame, out: Path, title:
 # ------------------------------------------------------------------------------ target sizes
 
 
-def _sizes_section(frame: pd.DataFrame, records: list[dict], out: Path, title: str, analysis: Analysis) -> Section:
+def _sizes_section(frame: pd.DataFrame, records: list[RunRecord], out: Path, title: str, analysis: Analysis) -> Section:
 
     name = "Freeze or fine-tune, by target size"
     if not rec.has_sizes(frame):
@@ -449,15 +449,16 @@ def _budget_text(runs: pd.DataFrame) -> str:
 # ------------------------------------------------------------------------------- provenance
 
 
-def _provenance_section(store: Store, records: list[dict]) -> Section:
+def _provenance_section(store: Store, records: list[RunRecord]) -> Section:
 
     now = provenance()
-    commits = Counter((r.get("git") or {}).get("commit") for r in records)
-    dirty = Counter(str((r.get("git") or {}).get("dirty")) for r in records)
-    versions = Counter(tuple(sorted((r.get("versions") or {}).items())) for r in records)
-    hosts = Counter(r.get("host") for r in records)
-    devices = Counter(f"{r.get('device')} {r.get('precision')}" for r in records if r.get("device"))
-    finished = sorted(r["finished_at"] for r in records if r.get("finished_at"))
+    prov = [r.provenance for r in records]
+    commits = Counter(p.git.get("commit") if p else None for p in prov)
+    dirty = Counter(str(p.git.get("dirty") if p else None) for p in prov)
+    versions = Counter(tuple(sorted(p.versions.items())) if p else () for p in prov)
+    hosts = Counter(p.host if p else None for p in prov)
+    devices = Counter(f"{r.device} {r.precision}" for r in records if r.device)
+    finished = sorted(r.finished_at for r in records if r.finished_at)
     lines = [f"- Runs recorded: {len(records)}" + (f", finished {finished[0]} to {finished[-1]}" if finished else "")]
     lines.append("- Git commits of the runs: " + "; ".join(f"`{c}` ({k} runs)" for c, k in commits.most_common())
                  + " (dirty working tree: " + ", ".join(f"{d}: {k}" for d, k in dirty.most_common()) + ")")
@@ -499,7 +500,7 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
         study = Study.open(store)
     out = Path(out_dir) if out_dir is not None else store.root / "report"
     records = store.records()
-    if not any(r.get("status") == "done" for r in records):
+    if not any(r.status == "done" for r in records):
         return Analysis(notes=["no finished runs: nothing analysed"])  # and nothing written
     out.mkdir(parents=True, exist_ok=True)
     frame = store.frame()
