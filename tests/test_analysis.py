@@ -19,6 +19,7 @@ import torch
 from scipy.linalg import cho_solve, solve_triangular
 from scipy.optimize import minimize
 
+from transferscope.record import RunRecord
 from transferscope.analysis import convergence as conv
 from transferscope.analysis import recommend as rec
 from transferscope.analysis.cka import (
@@ -395,9 +396,10 @@ def test_tail_slope_and_budget() -> None:
 
 
 def test_check_convergence_flags_rising_curves() -> None:
-    def record(key: str, curve: list[float], role: str = "base", size=None) -> dict:
-        return {"key": key, "replicate": 0, "target": "B", "role": role, "status": "done", "target_size": size,
-                "history": [{"epoch": i + 1, "val_top1": v} for i, v in enumerate(curve)]}
+    def record(key: str, curve: list[float], role: str = "base", size=None) -> RunRecord:
+        return RunRecord(key=key, replicate=0, treatment="baseB" if role == "base" else "AnB", role=role, target="B",
+                         n=0 if role == "base" else 1, status="done", target_size=size,
+                         history=tuple({"epoch": i + 1, "val_top1": v} for i, v in enumerate(curve)))
 
     flat = [0.2, 0.5, 0.7, 0.8, 0.85, 0.86, 0.86, 0.861, 0.86, 0.86]
     rising = [0.1 + 0.03 * i for i in range(10)]
@@ -783,8 +785,8 @@ def test_convergence_without_the_images_says_the_noise_floor_is_not_applied() ->
             raise AssertionError("the images are not there")
 
     rising = [0.1 + 0.03 * i for i in range(10)]
-    records = [{"key": "r0-baseB", "replicate": 0, "target": "B", "role": "base", "status": "done",
-                "target_size": None, "history": [{"epoch": i + 1, "val_top1": v} for i, v in enumerate(rising)]}]
+    records = [RunRecord(key="r0-baseB", replicate=0, treatment="baseB", role="base", target="B", n=0, status="done",
+                         history=tuple({"epoch": i + 1, "val_top1": v} for i, v in enumerate(rising)))]
     import tempfile
     from pathlib import Path
 

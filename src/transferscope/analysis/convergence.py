@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from transferscope.record import RunRecord
+from transferscope.treatments import treatment
 
 THRESHOLD = 0.002
 TAIL_FRACTION = 0.2
@@ -106,7 +107,7 @@ def check_convergence(records: list[RunRecord], epochs: int, threshold: float = 
     of validation images per (replicate, task), for the noise floor."""
     rows, curves = [], {}
     for rec in records:
-        if rec.role != "base" or rec.status != "done":
+        if not treatment(rec.role).is_base or rec.status != "done":
             continue
         curve = [float(h.get("val_top1", float("nan"))) for h in rec.history]
         slope, k = tail_slope(curve)

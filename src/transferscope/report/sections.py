@@ -50,7 +50,7 @@ from transferscope.report.text import markdown_table, slug
 from transferscope.stats import PAIR, ROLE_LABELS, done_runs, relative
 from transferscope.store import Store
 from transferscope.study import Study
-from transferscope.treatments import TREATMENTS, base_key
+from transferscope.treatments import TREATMENTS, base_key, treatment
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _val_images(study, records: list[RunRecord]) -> dict[tuple[int, str], int] |
     where the study has no images (run records do not hold these counts)."""
     if study.data is None:
         return None
-    tasks = {(r.replicate, r.target) for r in records if r.role == "base"}
+    tasks = {(r.replicate, r.target) for r in records if treatment(r.role).is_base}
     return {t: len(study.task(*t).val) for t in tasks}
 
 
