@@ -45,7 +45,7 @@ def measure(ctx, overrides: list[str], label: str, frozen_n: int = 0) -> dict[st
     from transferscope import load_config
     from transferscope.features import FeatureBank
     from transferscope.runner import Runner
-    from transferscope.seeds import derive_seed
+    from transferscope.seeds import TrainingSeeds
     from transferscope.study import Study
     from transferscope.train import FeatureFeed, PixelFeed, train_network
 
@@ -68,7 +68,7 @@ def measure(ctx, overrides: list[str], label: str, frozen_n: int = 0) -> dict[st
             feats = bank.at(frozen_n)
         with timed_feed(FeatureFeed if frozen_n else PixelFeed, clock):
             t = time.perf_counter()
-            train_network(net, task, cfg.train, cfg.eval, copied=spec.copied, data_seed=derive_seed("data", 0, spec.key),
+            train_network(net, task, cfg.train, cfg.eval, copied=spec.copied, seeds=TrainingSeeds.derive(0, spec.key),
                           flip=study.flip, numerics=runner.numerics, features=feats)
             total = time.perf_counter() - t
     ratio = clock["data_s"] / clock["step_s"]

@@ -182,6 +182,7 @@ def end_to_end_rate(options: dict, precision: str, channels_last: bool, images: 
     from transferscope.config import EvalConfig, TrainConfig
     from transferscope.data.tasks import Part, Task
     from transferscope.models import create_model
+    from transferscope.seeds import TrainingSeeds
     from transferscope.train import train_network
 
     g = torch.Generator().manual_seed(0)
@@ -201,7 +202,7 @@ def end_to_end_rate(options: dict, precision: str, channels_last: bool, images: 
     per_image = counter.get_total_flops() / cfg.batch_size
     steps = images // cfg.batch_size
     with Timer() as t:
-        train_network(net, task, cfg, EvalConfig(), copied=0, data_seed=1, flip=True, numerics=num)
+        train_network(net, task, cfg, EvalConfig(), copied=0, seeds=TrainingSeeds.derive(1), flip=True, numerics=num)
     trained = steps * cfg.batch_size * epochs
     return {"precision": num.name, "channels_last": channels_last, "images_per_s": trained / t.seconds,
             "gflops": per_image * trained / t.seconds / 1e9, "seconds": t.seconds}

@@ -63,7 +63,7 @@ def part_a(ctx, overrides: list[str]) -> dict[str, Any]:
     from transferscope import load_config
     from transferscope.features import FeatureBank, plan_views
     from transferscope.runner import Runner
-    from transferscope.seeds import derive_seed
+    from transferscope.seeds import TrainingSeeds, derive_seed
     from transferscope.study import Study
     from transferscope.train import train_network
 
@@ -96,7 +96,7 @@ def part_a(ctx, overrides: list[str]) -> dict[str, Any]:
             def time_engine() -> None:
                 net = runner.build_network(spec)
                 t = time.perf_counter()
-                train_network(net, task, tc, cfg.eval, copied=spec.copied, data_seed=seed, flip=study.flip,
+                train_network(net, task, tc, cfg.eval, copied=spec.copied, seeds=TrainingSeeds.derive(seed), flip=study.flip,
                               numerics=num, features=feats)
                 engine.append(time.perf_counter() - t)
 

@@ -104,6 +104,6 @@ def test_every_seed_the_configuration_accepts_reaches_numpy(tmp_path, seed):
     study = tmp_path / "s.toml"
     study.write_text(f"seed = {seed}\n[split]\nseed = {seed}\n")
     prepared = Study.prepare(load_config(study, ["treatments.replicates=3"]))
-    for replicate in range(3):  # replicate r draws its split with split.seed + r
-        assert prepared.split(replicate).description.endswith(f"(seed {seed + replicate})")
+    for replicate in range(3):  # replicate r draws its split from the stream "split" of split.seed and r
+        assert prepared.split(replicate).description.endswith(f"(split.seed {seed}, replicate {replicate})")
         assert len(prepared.task(replicate, "A").train) > 0

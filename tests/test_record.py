@@ -8,7 +8,7 @@ import pytest
 
 from transferscope import load_config, run_study
 from transferscope.record import FRAME_COLUMNS, FeatureCache, RecordError, RunRecord, Split, runs_frame
-from transferscope.seeds import Seeds, derive_seed
+from transferscope.seeds import Seeds, TrainingSeeds, derive_seed
 from transferscope.store import Store
 from transferscope.train import Budget
 
@@ -39,8 +39,10 @@ def test_a_record_holds_typed_parts(study_dir):
     r = {x.key: x for x in Store(study_dir).records()}["r0-AnB-n1"]
     assert isinstance(r.budget, Budget) and r.budget.epochs == 2 and r.steps_run == r.budget.steps
     assert isinstance(r.split, Split) and set(r.split.A).isdisjoint(r.split.B) and len(r.split.A + r.split.B) == 10
-    assert r.seeds == Seeds(study=0, init=derive_seed("init", 0, "r0-AnB-n1"), data=derive_seed("data", 0, "r0-AnB-n1"),
-                            partition=derive_seed("partition", 0, 0, "B"), split=0)
+    assert r.seeds == Seeds(study=0, init=derive_seed("init", 0, "r0-AnB-n1"), partition=derive_seed("partition", 0, 0, "B"),
+                            order=derive_seed("order", 0, "r0-AnB-n1"), augment=derive_seed("augment", 0, "r0-AnB-n1"),
+                            dropout=derive_seed("dropout", 0, "r0-AnB-n1"), split=derive_seed("split", 0, 0))
+    assert r.seeds.training == TrainingSeeds.derive(0, "r0-AnB-n1")
     assert isinstance(r.feature_cache, FeatureCache) and r.feature_cache.views >= 1  # frozen: shared prefix outputs
     assert len(r.history) == 2 and r.history[-1]["epoch"] == 2 and r.test_top1 == r.metrics["test_top1"]
     assert r.provenance is not None and r.provenance.versions["torch"]
@@ -51,10 +53,14 @@ def test_records_written_before_the_typed_record_still_load():
     old = json.loads(LEGACY.read_text())
     r = RunRecord.from_json(LEGACY.read_text())
     assert r.key == "r0-AnB-n3" and r.budget == Budget(epochs=20, steps=140, rule="steps")
-    assert r.seeds.init == old["seeds"]["init"] and r.seeds.split is None  # that version did not record it
+    assert r.seeds.init == old["seeds"]["init"] and r.seeds.data == old["seeds"]["data"]
+    assert r.seeds.split is r.seeds.order is None  # that version drew order, augmentation and dropout from one stream
+    with pytest.raises(ValueError, match="shared one stream"):
+        r.seeds.training
     assert r.provenance.git == old["git"] and r.provenance.host == old["host"]
     again = json.loads(r.to_json())
     assert {k: v for k, v in again.items() if k in old and k != "seeds"} == {k: v for k, v in old.items() if k != "seeds"}
+    assert {k: v for k, v in again["seeds"].items() if v is not None} == old["seeds"]
     assert set(again) - set(old) == {"error"}  # written as null now
     # and it makes the same row as a record of this version would
     row = runs_frame([r]).iloc[0]
@@ -88,7 +94,7 @@ def test_the_table_of_runs_has_one_row_per_record_and_its_columns_when_empty(stu
     frame = runs_frame(records)
     assert list(frame["key"]) == [r.key for r in records]
     assert list(frame["test_top1"]) == [r.test_top1 for r in records]
-    assert (frame["epochs_run"] == 2).all() and frame["data_seed"].tolist() == [r.seeds.data for r in records]
+    assert (frame["epochs_run"] == 2).all() and frame["order_seed"].tolist() == [r.seeds.order for r in records]
     empty = runs_frame([])
     assert set(FRAME_COLUMNS) <= set(empty.columns) and len(empty) == 0
     failed = runs_frame([replace(records[0], status="failed", metrics={}, history=(), error="boom")])

@@ -6,9 +6,10 @@ import torch
 
 from transferscope.config import SplitConfig
 from transferscope.data import ImageData, load_dataset
-from transferscope.data.splits import file_split, random_split, split_classes
+from transferscope.data.splits import file_split, random_split, split_classes, split_seed
 from transferscope.data.tasks import make_task
 from transferscope.errors import UserError
+from transferscope.seeds import derive_seed
 
 NAMES = tuple(f"c{i}" for i in range(10))
 
@@ -44,11 +45,19 @@ def test_random_split_given_sizes_and_odd_count():
         random_split(10, NAMES, 0, (6, 6))
 
 
-def test_replicates_draw_different_random_splits():
+def test_replicates_draw_different_random_splits_from_the_named_split_stream():
     data = toy()
     cfg = SplitConfig(seed=4)
-    assert split_classes(cfg, data, 0) == random_split(10, data.class_names, 4, None)
-    assert split_classes(cfg, data, 1) == random_split(10, data.class_names, 5, None)
+    splits = [split_classes(cfg, data, r) for r in range(4)]
+    for r, s in enumerate(splits):
+        assert split_seed(cfg, r) == derive_seed("split", 4, r)
+        assert s == random_split(10, data.class_names, derive_seed("split", 4, r), None,
+                                 seeded_by=f"split.seed 4, replicate {r}")
+        assert s.description == f"random 5/5 (split.seed 4, replicate {r})"
+    assert len({s.a for s in splits}) > 1  # a new split per replicate
+    # replicate 1 of seed 4 is not replicate 0 of seed 5 (as it was when a split's seed was seed + replicate)
+    assert split_seed(cfg, 1) != split_seed(SplitConfig(seed=5), 0)
+    assert split_seed(SplitConfig(kind="file", file="s.toml"), 0) is None
 
 
 def test_file_split_by_name_and_index(tmp_path):

@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 from transferscope import load_config, load_results, run_study
 from transferscope.models import create_model
 from transferscope.seeds import derive_seed
+from transferscope.errors import UserError
+from transferscope.record import RunRecord
 from transferscope.store import Store
 from transferscope.study import Study
 
@@ -228,14 +230,31 @@ def test_a_study_grows_in_place_and_keeps_what_it_recorded(tmp_path):
     assert load_config(tmp_path / "config.toml") == full  # the saved configuration follows the plan
 
 
+def test_a_study_whose_runs_drew_other_random_streams_is_not_resumed(tmp_path):
+    """A directory of a version that seeded splits with split.seed + replicate and drew data order,
+    augmentation and dropout from one stream (its study.json names no scheme of streams) is
+    refused, one line, before anything is written; its records stay as they were."""
+    only_bases = load_config(None, [*TINY, 'treatments.names=["base"]', "execution.workers=1"])
+    run_study(only_bases, tmp_path, progress=False, report=False)
+    identity = json.loads((tmp_path / "study.json").read_text())
+    del identity["streams"]  # what study.json of that version holds
+    (tmp_path / "study.json").write_text(json.dumps(identity))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(UserError, match=r"drew their random numbers as an earlier version .* use another --output"):
+        run_study(load_config(None, [*TINY, "treatments.cut_points=[1]", "execution.workers=1"]), tmp_path,
+                  progress=False, report=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"} == before
+    assert len(Store(tmp_path).records()) == 2  # status, export and report still read it
+
+
 def test_longer_reduced_data_runs_do_not_make_a_short_study_look_assessed():
     """Under the "steps" budget a reduced-data base network trains for many more epochs than the
     study's 2: its curve must not stand in for the full-data networks' convergence check."""
     from transferscope.analysis.convergence import check_convergence
 
     def base(key, size, epochs):
-        return {"key": key, "role": "base", "status": "done", "replicate": 0, "target": "B", "target_size": size,
-                "history": [{"val_top1": 0.5 + 0.01 * e} for e in range(epochs)]}
+        return RunRecord(key=key, replicate=0, treatment="baseB", role="base", target="B", n=0, status="done",
+                         target_size=size, history=tuple({"val_top1": 0.5 + 0.01 * e} for e in range(epochs)))
 
     c = check_convergence([base("r0-baseB", None, 2), base("r0-baseB-s25pct", 0.25, 14)], epochs=2)
     assert not c.assessable

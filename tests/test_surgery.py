@@ -4,6 +4,7 @@ import torch
 from transferscope.config import TrainConfig, load_config
 from transferscope.errors import UserError
 from transferscope.models import create_model
+from transferscope.seeds import TrainingSeeds
 from transferscope.study import Study
 from transferscope.surgery import check_cut, freeze, parameter_counts, trainable_parameters, transplant
 from transferscope.train import make_optimizer, train_network
@@ -16,7 +17,7 @@ def trained_base(study, task="B"):
     """A base network that has really trained (so BatchNorm statistics are not the defaults)."""
     spec = next(s for s in study.plan if s.key == f"r0-base{task}")
     net = build_network(study, spec, {})
-    train_network(net, study.task(0, task), study.config.train, study.config.eval, copied=0, data_seed=0)
+    train_network(net, study.task(0, task), study.config.train, study.config.eval, copied=0, seeds=TrainingSeeds.derive(0))
     return net
 
 
@@ -79,7 +80,7 @@ def test_frozen_layers_unchanged_after_training_and_stay_in_eval(tiny_study, sou
     net.train()
     assert all(not b.training for b in net.blocks[:n]) and all(b.training for b in net.blocks[n:])
     train_network(net, tiny_study.task(0, spec.target), tiny_study.config.train, tiny_study.config.eval,
-                  copied=spec.copied, data_seed=1)
+                  copied=spec.copied, seeds=TrainingSeeds.derive(1))
     for i in range(n):
         assert_equal_states(net.blocks[i].state_dict(), before[i])  # weights, BN running stats, counters
     # the layer above the cut did train
@@ -169,7 +170,7 @@ def test_frozen_bn_affine_option_trains_only_the_affine_parameters(tiny_study, s
     bn = net.blocks[0][1]
     assert bn.weight.requires_grad and bn.bias.requires_grad and not net.blocks[0][0].weight.requires_grad
     before = state(net.blocks[0])
-    train_network(net, study.task(0, "B"), study.config.train, study.config.eval, copied=2, data_seed=0)
+    train_network(net, study.task(0, "B"), study.config.train, study.config.eval, copied=2, seeds=TrainingSeeds.derive(0))
     after = net.blocks[0].state_dict()
     assert torch.equal(after["0.weight"], before["0.weight"])  # conv frozen
     assert torch.equal(after["1.running_mean"], before["1.running_mean"])  # statistics fixed

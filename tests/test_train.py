@@ -5,7 +5,7 @@ import torch
 
 from transferscope.config import EvalConfig, TrainConfig
 from transferscope.data.augment import normalize, random_crop
-from transferscope.seeds import derive_seed, generator
+from transferscope.seeds import TrainingSeeds, derive_seed, generator
 from transferscope.precision import Numerics
 from transferscope.train import Budget, PixelFeed, evaluate, lr_factor, run_budget, steps_per_epoch, train_network
 
@@ -16,11 +16,11 @@ def base_spec(study, task="B"):
     return next(s for s in study.plan if s.key == f"r0-base{task}")
 
 
-def train_once(study, cfg=None, data_seed=0):
+def train_once(study, cfg=None, seed=0):
     spec = base_spec(study)
     net = build_network(study, spec, {})
     out = train_network(net, study.task(0, "B"), cfg or study.config.train, study.config.eval, copied=0,
-                        data_seed=data_seed)
+                        seeds=TrainingSeeds.derive(seed))
     return net, out
 
 
@@ -30,8 +30,40 @@ def test_same_seeds_give_identical_numbers(tiny_study):
     assert a.history == b.history and a.metrics == b.metrics
     for (k, v), w in zip(net1.state_dict().items(), net2.state_dict().values()):
         assert torch.equal(v, w), k
-    _, c = train_once(tiny_study, data_seed=1)  # the data-order stream really is used
+    _, c = train_once(tiny_study, seed=1)  # the training streams really are used
     assert c.history != a.history
+
+
+def test_each_training_stream_is_its_own(tiny_study, monkeypatch):
+    """The data order, augmentation and dropout draw from separate streams: the order every epoch
+    sees is the same with augmentation on or off and whatever the other two seeds, and the
+    augmentation and dropout seeds are really used."""
+    orders: list[torch.Tensor] = []
+    real = PixelFeed.train_batches
+
+    def spy(self, epoch, order, batch_size, g):  # the real feed, its orders noted
+        orders.append(order.clone())
+        yield from real(self, epoch, order, batch_size, g)
+
+    monkeypatch.setattr(PixelFeed, "train_batches", spy)
+    task, cfg = tiny_study.task(0, "B"), tiny_study.config.train
+    assert cfg.augment and tiny_study.config.model.options["dropout"] > 0
+
+    def train(seeds, augment=True):
+        orders.clear()
+        net = build_network(tiny_study, base_spec(tiny_study), {})
+        out = train_network(net, task, cfg.model_copy(update={"augment": augment}), tiny_study.config.eval,
+                            copied=0, seeds=seeds)
+        return [o.tolist() for o in orders], out.history
+
+    base = TrainingSeeds(order=1, augment=2, dropout=3)
+    order, history = train(base)
+    assert len(order) == cfg.epochs and order[0] != order[1]
+    for other in (TrainingSeeds(1, 7, 3), TrainingSeeds(1, 2, 7)):
+        o, h = train(other)
+        assert o == order and h != history  # the same order; the other stream changed the numbers
+    assert train(base, augment=False)[0] == order
+    assert train(TrainingSeeds(7, 2, 3))[0] != order
 
 
 def test_history_and_metrics(tiny_study):
@@ -107,7 +139,7 @@ def test_training_follows_its_budget(tiny_study):
     per_epoch = steps_per_epoch(len(task.train), tiny_study.config.train.batch_size)
     assert per_epoch >= 2
     budget = Budget(epochs=4, steps=3 * per_epoch + 1, rule="steps")  # the fourth epoch stops after one step
-    out = train_network(net, task, tiny_study.config.train, tiny_study.config.eval, copied=0, data_seed=0,
+    out = train_network(net, task, tiny_study.config.train, tiny_study.config.eval, copied=0, seeds=TrainingSeeds.derive(0),
                         budget=budget)
     assert out.status == "done" and out.steps == budget.steps and len(out.history) == 4
     cfg = tiny_study.config.train

@@ -17,6 +17,7 @@ from transferscope.models import create_model
 from transferscope import stats
 from transferscope.report import analysis_figures, figures, markdown
 from transferscope.runner import Runner, keeps_weights
+from transferscope.seeds import TrainingSeeds
 from transferscope.study import Study
 from transferscope.surgery import reestimate_bn
 from transferscope.train import train_network
@@ -219,7 +220,7 @@ def test_adabn_network_copies_weights_reestimates_statistics_and_keeps_them_froz
     study = adabn_study
     source = create_model("convnet", len(study.split(0).classes("A")), study.image_shape,
                           study.config.model.options, init_seed=5)
-    train_network(source, study.task(0, "A"), study.config.train, study.config.eval, copied=0, data_seed=0)
+    train_network(source, study.task(0, "A"), study.config.train, study.config.eval, copied=0, seeds=TrainingSeeds.derive(0))
     runner = Runner(study, lambda key: source.state_dict())
     by = {s.key: s for s in study.plan}
     anb, ada = runner.build_network(by["r0-AnB-n3"]), runner.build_network(by["r0-AnB-adabn-n3"])
@@ -246,7 +247,7 @@ def test_adabn_network_copies_weights_reestimates_statistics_and_keeps_them_froz
     assert ada.num_frozen == anb.num_frozen == 3
     assert [p.requires_grad for p in ada.parameters()] == [p.requires_grad for p in anb.parameters()]
     before = {k: v.clone() for k, v in ada.state_dict().items()}
-    train_network(ada, task, study.config.train, study.config.eval, copied=3, data_seed=1)
+    train_network(ada, task, study.config.train, study.config.eval, copied=3, seeds=TrainingSeeds.derive(1))
     for k, v in ada.state_dict().items():
         if int(k.split(".")[1]) < 3:
             assert torch.equal(v, before[k]), k  # frozen, statistics included

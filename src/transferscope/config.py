@@ -68,7 +68,8 @@ class DataConfig(_Section):
 class SplitConfig(_Section):
     """How the dataset's classes become the two tasks A and B.
 
-    - ``random``: a seeded random partition (replicate r uses seed ``seed + r``); ``sizes`` gives
+    - ``random``: a seeded random partition, a new one per replicate (drawn from the named stream
+      "split" of ``seed`` and the replicate, seeds.py); ``sizes`` gives
       ``[|A|, |B|]`` (default: half and half, A gets the odd class).
     - ``file``: a TOML or JSON file with ``A = [...]`` and ``B = [...]`` (class names or indices).
     - ``groups``: ``groups_file`` maps class -> group (or the dataset's own groups are used);
@@ -78,7 +79,7 @@ class SplitConfig(_Section):
     """
 
     kind: Literal["random", "file", "groups", "natural-vs-manmade"] = "random"
-    #: NumPy seeds its generator with ``seed + replicate``, which must not be negative
+    #: non-negative, like every seed
     seed: int = Field(0, ge=0)
     sizes: tuple[int, int] | None = None
     file: str | None = None
@@ -230,7 +231,8 @@ class EvalConfig(_Section):
 
 
 class StudyConfig(_Section):
-    """The whole study. ``seed`` roots every random stream (init, data order, augmentation)."""
+    """The whole study. ``seed`` roots every run's random streams (init, data order, augmentation,
+    dropout) and the per-class partitions; ``split.seed`` the class splits."""
 
     name: str = "study"
     #: non-negative, like every seed (NumPy's generators take no negative seed)

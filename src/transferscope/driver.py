@@ -24,6 +24,7 @@ from transferscope.executors import Epoch, Event, Executor, Finished, JobDone, P
 from transferscope.precision import Numerics, resolve_device
 from transferscope.progress import Progress
 from transferscope.record import RunRecord
+from transferscope.seeds import STREAMS
 from transferscope.report import ReportMeta, analyze_study, write_report
 from transferscope.runner import is_source, make_record, shares_frozen_features
 from transferscope.store import Store
@@ -147,7 +148,8 @@ class _Driver:
 
     def run(self, report: bool) -> StudyResult:
         study, store, config = self.study, self.store, self.study.config
-        store.init(config, {"data": study.info, "numerics": numerics_identity(config)}, [s.key for s in study.plan])
+        store.init(config, {"data": study.info, "numerics": numerics_identity(config), "streams": STREAMS},
+                   [s.key for s in study.plan])
         store.save_splits({r: study.split(r).to_dict() for r in range(config.treatments.replicates)})
         pending, settled = self._plan_session()
         if pending:

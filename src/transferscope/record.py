@@ -105,6 +105,8 @@ class RunRecord:
     # -- JSON ---------------------------------------------------------------------------------------
     def to_json(self) -> str:
         out = asdict(self)
+        if out["seeds"] is not None and out["seeds"]["data"] is None:
+            del out["seeds"]["data"]  # only earlier versions' records have it
         prov = out.pop("provenance") or {}
         finished = out.pop("finished_at")
         return json.dumps({**out, **prov, "finished_at": finished}, indent=1)
@@ -173,7 +175,8 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
             "wall_time_s": r.wall_time_s, "budget_rule": budget.rule if budget else None,
             "budget_epochs": budget.epochs if budget else None, "budget_steps": budget.steps if budget else None,
             "epochs_run": len(r.history), "steps_run": r.steps_run, "diverged_epoch": r.diverged_epoch,
-            "error": r.error, "init_seed": seeds.init if seeds else None, "data_seed": seeds.data if seeds else None,
+            "error": r.error, "init_seed": seeds.init if seeds else None,
+            "order_seed": seeds.order if seeds else None, "augment_seed": seeds.augment if seeds else None,
             "split_A": " ".join(split.A) if split else "", "split_B": " ".join(split.B) if split else "",
         })
     frame = pd.DataFrame(rows, columns=None if rows else list(FRAME_COLUMNS[:9]))

@@ -148,7 +148,7 @@ class Runner:
             cfg = self.study.config
             outcome = train_network(
                 net, self.study.task(*spec.task_key), cfg.train, cfg.eval, copied=spec.copied,
-                data_seed=self.study.seeds(spec).data, flip=self.study.flip,
+                seeds=self.study.seeds(spec).training, flip=self.study.flip,
                 numerics=self.numerics, features=features, budget=self.study.budget(spec),
                 on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
         except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)

@@ -5,8 +5,8 @@ Layout of a study directory::
     config.toml             the resolved configuration (a resume must match it); its plan
                             covers every run recorded here
     study.json              what else a resume must match: the data's fingerprint (and its
-                            shape, classes and counts, so status and report work without it)
-                            and the resolved device and precision
+                            shape, classes and counts, so status and report work without it),
+                            the resolved device and precision, and the scheme of random streams
     splits.json             each replicate's class split, with class names
     runs/<key>.json         one record per finished run (record.RunRecord; written atomically when
                             it finishes)
@@ -188,8 +188,8 @@ class Store:
         atomic_write(self.root / STUDY_FILE, json.dumps(identity, indent=1).encode())
 
     def identity(self) -> dict[str, Any]:
-        """study.json: the data's fingerprint and description, the resolved numerics ({} for a
-        study written before it existed)."""
+        """study.json: the data's fingerprint and description, the resolved numerics, the scheme of
+        random streams ({} for a study written before it existed)."""
         path = self.root / STUDY_FILE
         if not path.is_file():
             return {}
@@ -203,6 +203,12 @@ class Store:
 
     def _check_identity(self, identity: dict[str, Any]) -> None:
         old = self.identity()
+        if old.get("streams") != identity.get("streams") and next(self.root.glob("runs/*.json"), None):
+            raise UserError(f"{self.root}: its runs drew their random numbers as an earlier version of transferscope "
+                            "did (class splits seeded with split.seed + replicate; data order, augmentation and "
+                            "dropout from one stream), and this version draws each from its own named stream: the "
+                            "runs it would add could not be compared with those recorded. status, export and report "
+                            "still read it; to run the study with this version use another --output")
         if not old:
             return  # written by a version without study.json: nothing to compare yet
         was, now = old.get("data", {}), identity.get("data", {})

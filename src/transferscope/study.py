@@ -19,7 +19,7 @@ from transferscope.data.splits import ClassSplit, split_classes, split_seed
 from transferscope.data.tasks import Task, make_task, partition, reduce_train, reduced
 from transferscope.errors import UserError
 from transferscope.models import CutNet, create_model
-from transferscope.seeds import Seeds, derive_seed
+from transferscope.seeds import Seeds, TrainingSeeds, derive_seed
 from transferscope.store import Store
 from transferscope.surgery import check_cut
 from transferscope.train import Budget, run_budget
@@ -154,9 +154,10 @@ class Study:
         """The seeds of the random streams ``spec`` draws from: named by what they are for and
         derived from the study's seed and the run's :attr:`~RunSpec.seed_key`."""
         seed = self.config.seed
+        training = TrainingSeeds.derive(seed, spec.seed_key)
         return Seeds(study=seed, init=derive_seed("init", seed, spec.seed_key),
-                     data=derive_seed("data", seed, spec.seed_key),
                      partition=derive_seed("partition", seed, spec.replicate, spec.target),
+                     order=training.order, augment=training.augment, dropout=training.dropout,
                      split=split_seed(self.config.split, spec.replicate))
 
     def new_network(self, spec: RunSpec, task: str, seed_key: str) -> CutNet:

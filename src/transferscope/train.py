@@ -26,7 +26,7 @@ from transferscope.data.tasks import Batch, Task
 from transferscope.features import FrozenFeatures
 from transferscope.models.cutnet import CutNet
 from transferscope.precision import Numerics
-from transferscope.seeds import generator
+from transferscope.seeds import TrainingSeeds, generator
 from transferscope.surgery import trainable_parameters
 
 
@@ -170,11 +170,11 @@ def evaluate(model: CutNet, feed: Feed, part: str, numerics: Numerics, batch_siz
 
 
 def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, *, copied: int,
-                  data_seed: int, flip: bool = False, numerics: Numerics | None = None,
+                  seeds: TrainingSeeds, flip: bool = False, numerics: Numerics | None = None,
                   features: FrozenFeatures | None = None, budget: Budget | None = None,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Outcome:
-    """Train ``model`` in place on ``task`` and evaluate it. ``data_seed`` drives the data order,
-    the augmentation and dropout; ``copied`` says how many leading layers came from a source
+    """Train ``model`` in place on ``task`` and evaluate it. ``seeds``: the data order, the
+    augmentation and dropout each draw from their own stream; ``copied`` says how many leading layers came from a source
     network. With ``features`` (the frozen prefix's outputs, computed once), only the layers
     above the frozen prefix run. ``budget``: how long to train (default: ``cfg.epochs`` epochs,
     as on a full training set)."""
@@ -187,29 +187,30 @@ def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalCon
         feed: Feed = FeatureFeed(task, features, numerics.device)
     else:
         feed = PixelFeed(task, numerics, cfg.augment, flip)
-    # modules such as Dropout draw from torch's global stream: give it this run's seed, and leave
-    # the caller's stream as it was
+    # modules such as Dropout draw from torch's global stream: give it this run's dropout seed, and
+    # leave the caller's stream as it was
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(data_seed)
-        return _train(model, feed, cfg, eval_cfg, copied, generator(data_seed), numerics, budget, on_epoch)
+        torch.manual_seed(seeds.dropout)
+        return _train(model, feed, cfg, eval_cfg, copied, seeds, numerics, budget, on_epoch)
 
 
-def _train(model: CutNet, feed: Feed, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, g: torch.Generator,
+def _train(model: CutNet, feed: Feed, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, seeds: TrainingSeeds,
            numerics: Numerics, budget: Budget, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
     opt = make_optimizer(model, cfg, copied)
     # loss scaling only for fp16; bf16 and fp32 step directly (no per-step scaler calls)
     scaler = torch.amp.GradScaler(numerics.device.type) if numerics.dtype == torch.float16 else None
     n = len(feed.task.train)
+    order_stream, augment_stream = generator(seeds.order), generator(seeds.augment)
     outcome = Outcome("done")
     model.train()  # evaluate() puts it back in training mode
     for epoch in range(budget.epochs):
         lr = cfg.lr * lr_factor(cfg, epoch, budget.epochs)
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        order = torch.randperm(n, generator=g)
+        order = torch.randperm(n, generator=order_stream)
         losses = []
         # the ragged last batch is dropped: BatchNorm needs more than one sample
-        for xb, yb in feed.train_batches(epoch, order, cfg.batch_size, g):
+        for xb, yb in feed.train_batches(epoch, order, cfg.batch_size, augment_stream):
             with numerics.autocast():
                 logits = model.forward_suffix(xb, feed.start) if feed.start else model(xb)
                 loss = F.cross_entropy(logits, yb)

@@ -19,6 +19,7 @@ from transferscope.config import SplitConfig
 from transferscope.data.registry import ImageData
 from transferscope.data.semantic import natural_vs_manmade
 from transferscope.errors import UserError
+from transferscope.seeds import derive_seed
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,10 @@ def _checked(a: list[int], b: list[int], names: tuple[str, ...], what: str, desc
     return ClassSplit(tuple(sorted(a)), tuple(sorted(b)), names, description)
 
 
-def random_split(num_classes: int, names: tuple[str, ...], seed: int, sizes: tuple[int, int] | None) -> ClassSplit:
-    """A seeded random partition: the same seed gives the same split on any machine."""
+def random_split(num_classes: int, names: tuple[str, ...], seed: int, sizes: tuple[int, int] | None,
+                 seeded_by: str | None = None) -> ClassSplit:
+    """A seeded random partition: the same seed gives the same split on any machine. ``seeded_by``
+    says where the seed came from, for the description (default: the seed itself)."""
     if sizes is None:
         sizes = ((num_classes + 1) // 2, num_classes // 2)
     if min(sizes) < 1 or sum(sizes) > num_classes:
@@ -59,7 +62,7 @@ def random_split(num_classes: int, names: tuple[str, ...], seed: int, sizes: tup
                         f"each size must be >= 1 and their sum <= {num_classes}")
     perm = np.random.default_rng(seed).permutation(num_classes).tolist()
     a, b = perm[: sizes[0]], perm[sizes[0] : sizes[0] + sizes[1]]
-    return _checked(a, b, names, "split", f"random {sizes[0]}/{sizes[1]} (seed {seed})")
+    return _checked(a, b, names, "split", f"random {sizes[0]}/{sizes[1]} ({seeded_by or f'seed {seed}'})")
 
 
 def _read_mapping_file(path: Path, what: str) -> dict[str, Any]:
@@ -116,15 +119,17 @@ def group_split(groups: dict[str, str], names: tuple[str, ...], a_groups: tuple[
 
 
 def split_seed(cfg: SplitConfig, replicate: int) -> int | None:
-    """The seed of replicate ``replicate``'s random split; None for the other kinds (fixed splits)."""
-    return cfg.seed + replicate if cfg.kind == "random" else None
+    """The seed of replicate ``replicate``'s random split, from the named stream "split" of
+    ``split.seed``; None for the other kinds (fixed splits)."""
+    return derive_seed("split", cfg.seed, replicate) if cfg.kind == "random" else None
 
 
 def split_classes(cfg: SplitConfig, data: ImageData, replicate: int) -> ClassSplit:
     """The class split of one replicate. Random splits draw a new split per replicate
-    (seed ``cfg.seed + replicate``); file and group splits are the same for every replicate."""
+    (:func:`split_seed`); file and group splits are the same for every replicate."""
     if cfg.kind == "random":
-        return random_split(data.num_classes, data.class_names, split_seed(cfg, replicate), cfg.sizes)  # type: ignore[arg-type]
+        return random_split(data.num_classes, data.class_names, split_seed(cfg, replicate), cfg.sizes,  # type: ignore[arg-type]
+                            seeded_by=f"split.seed {cfg.seed}, replicate {replicate}")
     if cfg.kind == "natural-vs-manmade":
 
         return group_split(natural_vs_manmade(data), data.class_names, ("natural",), ("man-made",),
