@@ -631,7 +631,8 @@ def test_study_cka_tables(tiny_analysis) -> None:
 
 
 def test_estimate_scores_every_cut_point(tiny_study_dir, tiny_analysis) -> None:
-    from transferscope.analysis import estimate, format_estimate
+    from transferscope.analysis import estimate
+    from transferscope.report import format_estimate
 
     scores = tiny_analysis.tables["estimate"]
     assert len(scores) == 2 * 2 * 2  # replicates x targets x cut points

@@ -16,11 +16,11 @@ import typer
 
 from transferscope import disk, load_results
 from transferscope.analysis import estimate as estimate_curve
-from transferscope.analysis import format_estimate
 from transferscope.config import load_config
 from transferscope.data import list_datasets
 from transferscope.driver import run_study, write_study_report
 from transferscope.errors import Interrupted, UserError, request_stop
+from transferscope.report import format_estimate
 from transferscope.models import layer_names, list_models, model_options
 from transferscope.store import Store, os_error_line
 from transferscope.study import Study

@@ -15,8 +15,8 @@
 """
 
 from transferscope.analysis.cka import MinibatchCKA, SmallBatchError, linear_cka
-from transferscope.analysis.estimate import Estimate, estimate, format_estimate, score_correlations
+from transferscope.analysis.estimate import Estimate, estimate, score_correlations
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 
-__all__ = ["Estimate", "MinibatchCKA", "SmallBatchError", "estimate", "format_estimate", "h_score", "linear_cka",
+__all__ = ["Estimate", "MinibatchCKA", "SmallBatchError", "estimate", "h_score", "linear_cka",
            "linear_probe", "logme", "score_correlations"]

@@ -155,20 +155,3 @@ def _spearman(a: pd.Series, b: pd.Series) -> tuple[float, float]:
     perms = np.array(list(itertools.permutations(rb)))
     rhos = np.array([np.corrcoef(ra, p)[0, 1] for p in perms])
     return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
-
-
-def format_estimate(result: Estimate) -> str:
-    """The mean of each score per target and cut point, as aligned text (for the CLI)."""
-    s = result.scores
-    header = (f"{'target':<7}{'source':<7}{'n':>3}  {'layer':<10}{'features':>9}{'LogME':>10}{'H-score':>10}"
-              f"{'probe top-1':>13}")
-    lines = [header]
-    agg = s.groupby(["target", "source", "n", "layer", "features"], as_index=False)[list(SCORES)].mean()
-    for row in agg.itertuples():
-        lines.append(f"{row.target:<7}{row.source:<7}{row.n:>3}  {row.layer:<10}{row.features:>9}{row.logme:>10.4f}"
-                     f"{row.h_score:>10.3f}{row.probe_top1:>13.3f}")
-    reps = s["replicate"].nunique()
-    lines.append(f"means over {reps} replicate(s); features of layer n of the source base network on the target's "
-                 f"images (at most {result.max_features} per image, wider conv maps average-pooled)")
-    lines += [f"note: {n}" for n in result.notes]
-    return "\n".join(lines)

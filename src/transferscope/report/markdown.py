@@ -23,6 +23,7 @@ from transferscope.stats import (
 )
 from transferscope.report.tables import (
     MISSING_CELL,
+    format_cell,
     row_label,
     write_tables,
 )
@@ -204,19 +205,15 @@ def _validation_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[in
     ns = sorted(set(summary["n"]))
     lines = [
         f"## Optimistic validation metric (mean of {meta.best_k} best validation scores)\n",
-        "Optimistic: selected and scored on the same validation data. Mean (replicates, networks).\n",
+        "Optimistic: selected and scored on the same validation data. Cells as in the per-layer table.\n",
     ]
     table = []
     for label in ROLE_LABELS.values():
         rows = summary.loc[summary["treatment"] == label].set_index("n")
         if rows.empty:
             continue
-        cells = [
-            f"{rows.loc[n, 'mean']:.3f} ({int(rows.loc[n, 'replicates'])}, {int(rows.loc[n, 'networks'])})"
-            if n in rows.index
-            else MISSING_CELL
-            for n in ns
-        ]
+        cells = [format_cell(*rows.loc[n, ["mean", "ci_low", "ci_high"]], int(rows.loc[n, "replicates"]),
+                             int(rows.loc[n, "networks"])) if n in rows.index else MISSING_CELL for n in ns]
         table.append([label, *cells])
     return "\n".join(lines) + "\n" + markdown_table(["treatment", *(f"n={n}" for n in ns)], table)
 

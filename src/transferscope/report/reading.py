@@ -40,7 +40,7 @@ from transferscope.stats import (
     t_pvalue,
     width_note,
 )
-from transferscope.report.text import markdown_table
+from transferscope.report.text import MISSING, ci_text, markdown_table, number
 from transferscope.store import Store
 
 #: a claim is significant when its (Holm-adjusted, where it scans cut points) p-value is below this
@@ -48,18 +48,12 @@ ALPHA = 1.0 - CONFIDENCE
 
 
 def signed(x: float) -> str:
-    text = f"{x:+.3f}"
-    return "0.000" if text in ("-0.000", "+0.000") else text
+    return number(x, sign=True)
 
 
 def interval(mean: float, lo: float, hi: float, replicates: int) -> str:
     """``+0.012 [-0.003, +0.027] (3 replicates)``; without brackets when there is no interval."""
-    noun = "replicate" if replicates == 1 else "replicates"
-    if replicates == 0 or not math.isfinite(mean):
-        return "\u2014"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{signed(mean)} ({replicates} {noun}, no interval)"
-    return f"{signed(mean)} [{signed(lo)}, {signed(hi)}] ({replicates} {noun})"
+    return MISSING if replicates == 0 else ci_text(mean, lo, hi, _count(replicates), sign=True)
 
 
 def _stats(row: pd.Series) -> str:
@@ -356,11 +350,7 @@ def _count(replicates: float) -> str:
 
 
 def _diff_cell(r: pd.Series) -> str:
-    if not math.isfinite(r["diff"]):
-        return "\u2014"
-    if not (math.isfinite(r["diff_low"]) and math.isfinite(r["diff_high"])):
-        return f"{signed(r['diff'])} (no interval)"
-    return f"{signed(r['diff'])} [{signed(r['diff_low'])}, {signed(r['diff_high'])}]"
+    return ci_text(r["diff"], r["diff_low"], r["diff_high"], sign=True)
 
 
 def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame, label_a: str = "study a",

@@ -46,7 +46,7 @@ from transferscope.report.analysis_figures import (
 )
 from transferscope.report.reading import Comparison, compare_studies, head_start, interval, reading, signed
 from transferscope.report.tables import format_cell as _cell
-from transferscope.report.text import markdown_table, slug
+from transferscope.report.text import MISSING, ci_text, markdown_table, number, slug
 from transferscope.stats import PAIR, ROLE_LABELS, done_runs, relative
 from transferscope.store import Store
 from transferscope.study import Study
@@ -149,10 +149,8 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
         def verdict(r) -> str:
             return "**yes**" if r.still_improving else ("rising within noise" if r.slope_above else "no")
 
-        rows = [[r.key, str(r.epochs), str(r.k), f"{r.slope:+.4f}" if math.isfinite(r.slope) else "\u2014",
-                 f"{r.rise:+.3f}" if math.isfinite(r.rise) else "\u2014",
-                 f"{r.noise:.3f}" if math.isfinite(r.noise) else "\u2014",
-                 f"{r.final_val:.3f}", f"{r.best_val:.3f}", verdict(r)] for r in full.itertuples()]
+        rows = [[r.key, str(r.epochs), str(r.k), number(r.slope, sign=True, digits=4), number(r.rise, sign=True),
+                 number(r.noise), number(r.final_val), number(r.best_val), verdict(r)] for r in full.itertuples()]
         lines.append(markdown_table(["base network", "epochs", "tail k", "slope per epoch", "rise over tail", "noise floor",
                              "final val top-1", "best val top-1", "still improving"], rows))
         reduced = c.networks.loc[c.networks["target_size"].notna()]
@@ -235,7 +233,7 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
             by_layer = g.set_index("layer")
             cells = [_cell(*by_layer.loc[la, ["mean", "ci_low", "ci_high"]], int(by_layer.loc[la, "replicates"]),
                            int(by_layer.loc[la, "networks"]))
-                     if la in by_layer.index else "\u2014" for la in layers]
+                     if la in by_layer.index else MISSING for la in layers]
             rows.append([f"n={n}", *cells])
         lines.append(f"How far fine-tuning moved each layer, {label} (its source), per cut point n (rows) and layer "
                      "(columns); layers 1..n were copied, the rest re-initialised:\n")
@@ -253,7 +251,7 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
     if not ft_target.empty:
         last = ft_target.loc[ft_target["layer"] == ft_target["layer"].max()]
         lines.append("AnB+ against baseB (the network trained on B from scratch) at the classifier layer, per n: "
-                     + ", ".join(f"n={int(r.n)}: {r.mean:.3f}" for r in last.itertuples()) + ".\n")
+                     + ", ".join(f"n={int(r.n)}: {number(r.mean)}" for r in last.itertuples()) + ".\n")
     return Section("Representation similarity (CKA)", "\n".join(lines))
 
 
@@ -287,8 +285,8 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
         features=("features", "max"), logme=("logme", "mean"), h_score=("h_score", "mean"),
         probe=("probe_top1", "mean"))
     meas = measured.groupby("n")["measured"].mean() if not measured.empty else pd.Series(dtype=float)
-    rows = [[f"{r.n} {r.layer}", str(r.features), f"{r.logme:.4f}", f"{r.h_score:.3f}", f"{r.probe:.3f}",
-             f"{meas[r.n]:.3f}" if r.n in meas.index else "\u2014"] for r in agg.itertuples()]
+    rows = [[f"{r.n} {r.layer}", str(r.features), number(r.logme, digits=4), number(r.h_score), number(r.probe),
+             number(meas[r.n]) if r.n in meas.index else MISSING] for r in agg.itertuples()]
     lines.append(markdown_table(["n", "features", "LogME", "H-score", "probe top-1", "measured AnB top-1"], rows))
     pairs = len(scores[list(PAIR)].drop_duplicates())
     planned = study.config.treatments.replicates * len(study.config.treatments.targets)
@@ -315,16 +313,15 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
 
 
 def _rho_interval(r) -> str:
+    count = f"{r.replicates} replicate" + ("" if r.replicates == 1 else "s")
     if not math.isfinite(r.rho):
-        return f"\u2014 ({r.replicates} replicates; undefined)"
-    if not math.isfinite(r.rho_low):
-        return f"{r.rho:+.2f} ({r.replicates} replicate, no interval)"
-    return f"{r.rho:+.2f} [{r.rho_low:+.2f}, {r.rho_high:+.2f}] ({r.replicates})"
+        return f"{MISSING} ({count}; undefined)"
+    return ci_text(r.rho, r.rho_low, r.rho_high, count, sign=True, digits=2)
 
 
 def _rho(rho: float, p: float, count: int) -> str:
     if not math.isfinite(rho):
-        return f"\u2014 ({count} points; undefined)"
+        return f"{MISSING} ({count} points; undefined)"
     return f"{rho:+.2f} (p = {p:.2g}, {count})"
 
 
@@ -395,7 +392,7 @@ def _sizes_section(frame: pd.DataFrame, records: list[RunRecord], out: Path, tit
         return r.size_label if r.size_label.endswith("per class") else f"{r.size_label} ({r.per_class:.0f} per class)"
 
     rows = [[size(r), r.best, _cell(r.mean, r.ci_low, r.ci_high, r.replicates, r.networks),
-             interval(r.vs_scratch, r.vs_low, r.vs_high, r.vs_replicates) if r.best != "train from scratch" else "\u2014",
+             interval(r.vs_scratch, r.vs_low, r.vs_high, r.vs_replicates) if r.best != "train from scratch" else MISSING,
              r.verdict, ", ".join(r.indistinguishable) or "none"] for r in recs]
     lines = [
         ("At each amount of target training data (the full study is the full size): test top-1 of a base network "

@@ -6,7 +6,6 @@ Markdown form (``layers.md``) has one row per quantity and one column per cut po
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,11 +20,12 @@ from transferscope.stats import (
     summarize,
     width_note,
 )
-from transferscope.report.text import markdown_table
+from transferscope.analysis.estimate import SCORES, Estimate
+from transferscope.report.text import MISSING, ci_text, markdown_table, number
 
 SECTIONS = ("accuracy", "relative", "decomposition")
 TABLE_COLUMNS = ["section", "quantity", "n", "mean", "ci_low", "ci_high", "replicates", "networks", "p"]
-MISSING_CELL = "\u2014"
+MISSING_CELL = MISSING
 
 TABLE_LEGEND = (
     "Cells: mean [95% CI] (replicates, networks). The replicate (one class split with its seeds) is "
@@ -60,20 +60,11 @@ def layer_table(
 
 
 def format_cell(mean: float, lo: float, hi: float, replicates: int, networks: int) -> str:
-    """``0.912 [0.901, 0.923] (3 rep, 6 net)``; without bounds when they are NaN; a dash for no
-    data."""
-    if replicates == 0 or not math.isfinite(mean):
+    """A table cell: ``0.912 [0.901, 0.923] (3 rep, 6 net)``; without bounds when they are NaN
+    (the caption says why); a dash for no data."""
+    if replicates == 0:
         return MISSING_CELL
-    counts = f"({replicates} rep, {networks} net)"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{_number(mean)} {counts}"
-    return f"{_number(mean)} [{_number(lo)}, {_number(hi)}] {counts}"
-
-
-def _number(value: float) -> str:
-    """Three decimals, without the sign of a value that rounds to zero."""
-    text = f"{value:.3f}"
-    return "0.000" if text == "-0.000" else text
+    return ci_text(mean, lo, hi, f"{replicates} rep, {networks} net", say_no_interval=False)
 
 
 def row_label(section: str, quantity: str) -> str:
@@ -122,3 +113,20 @@ def write_tables(
     table.to_csv(csv_path, index=False)
     md_path.write_text(f"# Per-layer results (test top-1)\n\n{text}\n\n{markdown}", encoding="utf-8")
     return csv_path, md_path, markdown, text
+
+
+def format_estimate(result: Estimate) -> str:
+    """The mean of each score per target and cut point, as aligned text (for the CLI)."""
+    s = result.scores
+    header = (f"{'target':<7}{'source':<7}{'n':>3}  {'layer':<10}{'features':>9}{'LogME':>10}{'H-score':>10}"
+              f"{'probe top-1':>13}")
+    lines = [header]
+    agg = s.groupby(["target", "source", "n", "layer", "features"], as_index=False)[list(SCORES)].mean()
+    for row in agg.itertuples():
+        lines.append(f"{row.target:<7}{row.source:<7}{row.n:>3}  {row.layer:<10}{row.features:>9}"
+                     f"{number(row.logme, digits=4):>10}{number(row.h_score):>10}{number(row.probe_top1):>13}")
+    reps = s["replicate"].nunique()
+    lines.append(f"means over {reps} replicate(s); features of layer n of the source base network on the target's "
+                 f"images (at most {result.max_features} per image, wider conv maps average-pooled)")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
