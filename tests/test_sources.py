@@ -205,7 +205,7 @@ def test_a_study_source_names_the_study_the_run_and_what_is_allowed(study_dir, t
     assert "(12, 1, 3, 3)" in message
     message = refused(SourceSpec("study", study=str(study_dir), run="r0-baseA"),
                       create_model("resnet18", 5, (1, 8, 8)), layers=4)
-    assert "another architecture" in message and "e.g. 'blocks.0.conv1.weight' or 'conv1.weight';" in message
+    assert "another architecture" in message and "this network's e.g. 'blocks.0.conv1.weight'" in message
     # a recorded run whose weights are gone
     copy = tmp_path / "copy"
     shutil.copytree(study_dir, copy)
