@@ -2,8 +2,12 @@
 
 Registered: ``convnet`` (paper-style net for small images), ``caffenet`` (the paper's network),
 and torchvision's ``resnet18``, ``resnet50``, ``vgg11_bn``, ``alexnet``, ``mobilenet_v3_small`` and
-``vit_b_16``, drawn at random and cut at their natural blocks. ``transferscope models`` lists them
-with their options; :func:`layer_names` gives an architecture's layers cheaply.
+``vit_b_16``, drawn at random and cut at their natural blocks; and the family ``timm/<name>``
+(:mod:`~transferscope.models.timm_nets`): any timm model, drawn at random and cut at its stages (a
+ViT at its transformer blocks). ``transferscope models`` lists them with their options;
+:func:`layer_names` gives an architecture's layers cheaply. A network regrouped from torchvision or
+timm knows the library's name of each of its tensors (``CutNet.foreign_names``) and the input its
+pretrained weights expect (``CutNet.input_config``).
 
 Your own network
 ----------------
@@ -34,9 +38,10 @@ built yourself from torchvision can be cut the same way with
 :func:`~transferscope.models.torchvision_nets.from_torchvision`.
 """
 
-from transferscope.models import caffenet, convnet, torchvision_nets  # noqa: F401  (register the architectures)
+from transferscope.models import caffenet, convnet, timm_nets, torchvision_nets  # noqa: F401  (register them)
 from transferscope.models.cutnet import CutNet
 from transferscope.models.layers import layer_names
-from transferscope.models.registry import create_model, list_models, model_options, register_model
+from transferscope.models.registry import create_model, list_models, model_options, register_family, register_model
 
-__all__ = ["CutNet", "create_model", "layer_names", "list_models", "model_options", "register_model"]
+__all__ = ["CutNet", "create_model", "layer_names", "list_models", "model_options", "register_family",
+           "register_model"]

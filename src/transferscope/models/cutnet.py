@@ -22,6 +22,24 @@ class CutNet(nn.Module):
             raise ValueError(f"{len(self.block_names)} names for {len(self.blocks)} blocks")
         #: blocks[:num_frozen] are frozen: no gradients, and always in eval mode (see train()).
         self.num_frozen = 0
+        #: for a network regrouped from a library's model (torchvision, timm): each state-dict key ->
+        #: the key the same tensor has in that model's ``state_dict()``, so its checkpoints load here
+        self.foreign_names: dict[str, str] = {}
+        #: the input the library's pretrained weights expect: ``{"input_size": (C, H, W), "mean": ...,
+        #: "std": ..., "interpolation": ...}``; None for a network of our own
+        self.input_config: dict | None = None
+
+    def adopt_foreign_names(self, original: nn.Module) -> None:
+        """Set :attr:`foreign_names` from ``original``, the model these blocks were regrouped from
+        (sharing its tensors): a key is matched to the original's key of the same tensor object."""
+        theirs: dict[int, str] = {}
+        for key, t in original.state_dict(keep_vars=True).items():
+            theirs.setdefault(id(t), key)
+        ours = self.state_dict(keep_vars=True)
+        missing = [k for k, t in ours.items() if id(t) not in theirs]
+        if missing:
+            raise ValueError(f"{len(missing)} tensors are not {type(original).__name__}'s, e.g. {missing[0]!r}")
+        self.foreign_names = {k: theirs[id(t)] for k, t in ours.items()}
 
     @property
     def num_layers(self) -> int:

@@ -2,7 +2,8 @@
 
 A builder takes ``num_classes``, ``image_shape`` (C, H, W) and its own keyword options, and returns
 a :class:`CutNet`. :func:`create_model` seeds the initialiser, so the same ``init_seed`` gives the
-same weights on any machine.
+same weights on any machine. A family (:func:`register_family`) answers every name under a prefix,
+such as ``timm/<name>``, with one builder per name.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from transferscope.models.cutnet import CutNet
 
 Builder = Callable[..., CutNet]
 _MODELS: dict[str, tuple[Builder, str]] = {}
+#: prefix -> (the builder for the name after the prefix, description)
+_FAMILIES: dict[str, tuple[Callable[[str], Builder], str]] = {}
 
 
 def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
@@ -30,8 +33,21 @@ def register_model(name: str, description: str) -> Callable[[Builder], Builder]:
     return deco
 
 
-def list_models() -> dict[str, str]:
-    return {k: d for k, (_, d) in sorted(_MODELS.items())}
+def register_family(prefix: str, builder_for: Callable[[str], Builder], description: str) -> None:
+    """Every name ``prefix + <name>`` is built by ``builder_for(<name>)`` (which raises UserError for
+    a name it does not know)."""
+    if prefix in _FAMILIES:
+        raise ValueError(f"model family {prefix!r} registered twice")
+    _FAMILIES[prefix] = (builder_for, description)
+
+
+def list_models(families: bool = False) -> dict[str, str]:
+    """Name -> description of each registered architecture; with ``families``, each family too, as
+    one entry ``prefix<name>`` (not a name that builds)."""
+    out = {k: d for k, (_, d) in sorted(_MODELS.items())}
+    if families:
+        out.update({f"{p}<name>": d for p, (_, d) in sorted(_FAMILIES.items())})
+    return out
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -42,9 +58,13 @@ def model_options(name: str) -> dict[str, Any]:
 
 
 def _builder(name: str) -> Builder:
-    if name not in _MODELS:
-        raise UserError(f"model.arch: unknown architecture {name!r}; available: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name][0]
+    if name in _MODELS:
+        return _MODELS[name][0]
+    for prefix, (builder_for, _) in _FAMILIES.items():
+        if name.startswith(prefix):
+            return builder_for(name[len(prefix):])
+    available = [*sorted(_MODELS), *(f"{p}<name>" for p in sorted(_FAMILIES))]
+    raise UserError(f"model.arch: unknown architecture {name!r}; available: {', '.join(available)}")
 
 
 def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int],

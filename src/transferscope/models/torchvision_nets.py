@@ -5,7 +5,8 @@ boundaries. Each is registered under its torchvision name.
 Block 1 starts with an :class:`~transferscope.models.inputs.InputAdapter`: a grey image is repeated
 to the three channels the stem expects, and an image smaller than the network needs is upsampled.
 :func:`from_torchvision` regroups a torchvision model you built yourself (with weights you loaded,
-say) the same way.
+say) the same way. Each network knows torchvision's name of each of its tensors
+(:attr:`~transferscope.models.cutnet.CutNet.foreign_names`), so torchvision's checkpoints load into it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from torchvision import models as tvm
 from transferscope.models.cutnet import CutNet
 from transferscope.models.inputs import InputAdapter, check_dropout, check_min_size, upsampled_size
 from transferscope.models.registry import register_model
+
+
+#: the input torchvision's ImageNet weights expect (the crop they are evaluated at)
+IMAGENET_INPUT = {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                  "interpolation": "bilinear"}
 
 
 def _seq(*named: tuple[str, nn.Module]) -> nn.Sequential:
@@ -123,7 +129,15 @@ def from_torchvision(model: nn.Module, image_shape: tuple[int, int, int], min_si
     """A torchvision ResNet, VGG, AlexNet, MobileNetV3 or VisionTransformer regrouped into blocks
     (sharing its modules), for images of ``image_shape``: a grey image is repeated to three
     channels; an image whose shorter side is under ``min_size`` is upsampled to it (a ViT's input
-    is always resized to its ``image_size``)."""
+    is always resized to its ``image_size``). The network's :attr:`~CutNet.foreign_names` are
+    torchvision's keys, its :attr:`~CutNet.input_config` torchvision's ImageNet preprocessing."""
+    net = _blocks(model, image_shape, min_size)
+    net.adopt_foreign_names(model)
+    net.input_config = dict(IMAGENET_INPUT)
+    return net
+
+
+def _blocks(model: nn.Module, image_shape: tuple[int, int, int], min_size: int) -> CutNet:
     c, h, w = image_shape
     if isinstance(model, tvm.VisionTransformer):
         return _vit_blocks(model, InputAdapter(c, 3, (model.image_size, model.image_size)))
