@@ -99,3 +99,15 @@ def test_analyses_compute_and_the_report_writes():
 def test_only_the_command_and_the_package_entry_import_the_driver():
     g = graph()
     assert set(g.predecessors("transferscope.driver")) == {"transferscope", "transferscope.cli"}
+
+
+def test_the_readme_map_names_every_module():
+    """README's "Where things are" names every module of the package and every folder: a newcomer
+    finds each file from it."""
+    readme = (ROOT.parents[1] / "README.md").read_text()
+    start = readme.index("## Where things are")
+    block = readme[start:readme.index("```\n", readme.index("```", start) + 3)]
+    unnamed = [str(p.relative_to(ROOT)) for p in sorted(ROOT.rglob("*.py"))
+               if p.name not in ("__init__.py", "__main__.py") and p.name not in block]
+    folders = [f"{p.name}/" for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").is_file()]
+    assert not unnamed and all(f in block for f in folders), (unnamed, [f for f in folders if f not in block])
