@@ -37,10 +37,10 @@ def test_resolved_config_round_trips(tmp_path):
     ("train.epochs=0", r"train.epochs: Input should be greater than or equal to 1"),
     ("split.kind=foo", r"split.kind: Input should be 'random', 'file', 'groups' or 'natural-vs-manmade'"),
     ('treatments.names=["XnY"]', r"treatments.names.0: Input should be 'base', 'BnB', 'BnB\+', 'AnB', 'AnB\+', "
-                                 r"'random' or 'AnB-adabn' \(got 'XnY'\)"),
+                                 r"'random', 'AnB-adabn', 'PnT', 'PnT\+', 'PnT-adabn' or 'probe' \(got 'XnY'\)"),
     ('treatments.cut_points="some"', r'treatments.cut_points: .*expected "all" or a list of layer numbers'),
     ("treatments.names=[]", r"treatments.names: .*must not be empty"),
-    ('treatments.targets=["C"]', r"treatments.targets.0: Input should be 'A' or 'B'"),
+    ('treatments.targets=["C"]', r"treatments.targets.0: Input should be 'A', 'B' or 'T'"),
     ("split.kind=file", r"split.kind = 'file' needs split.file"),
     ("data.val_fraction=0.65", r"val_fraction \+ test_fraction must be below 0.9"),
     ("train.lr=-1", r"train.lr: Input should be greater than 0"),

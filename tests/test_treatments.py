@@ -26,9 +26,11 @@ from transferscope.treatments import (
     DECOMPOSITION,
     DEFAULT_NAMES,
     NAMES,
+    PRETRAINED_NAMES,
     ROLES,
     TREATMENTS,
     build_plan,
+    names_of,
     group_jobs,
     roles_in,
     size_key,
@@ -45,11 +47,27 @@ ADABN = [*TINY, 'treatments.names=["base", "AnB", "AnB-adabn"]', "treatments.cut
 
 def test_config_accepts_exactly_the_table_names_and_defaults_to_the_paper():
     assert TreatmentConfig().names == DEFAULT_NAMES == ("base", "BnB", "BnB+", "AnB", "AnB+", "random")
-    for name in NAMES:
+    pretrained = ['source.kind="checkpoint"', 'source.path="w.safetensors"']
+    for name in names_of("split"):
         assert load_config(None, [f'treatments.names=["{name}"]']).treatments.names == (name,)
+    for name in names_of("pretrained"):
+        assert load_config(None, [*pretrained, f'treatments.names=["{name}"]']).treatments.names == (name,)
+    assert set(names_of("split")) | set(names_of("pretrained")) == set(NAMES)
     with pytest.raises(UserError) as e:
         load_config(None, ['treatments.names=["AnB-bn"]'])
     assert all(f"'{name}'" in str(e.value) for name in NAMES)
+    # a study from a pretrained network runs its own treatments on its one target T, by default
+    # and by name; the paper's are refused there, and its own in the paper's design
+    cfg = load_config(None, pretrained)
+    assert cfg.design == "pretrained" and cfg.treatments.names == PRETRAINED_NAMES and cfg.treatments.targets == ("T",)
+    with pytest.raises(UserError, match=r"treatments.names: AnB cannot run in a study with source.kind = 'checkpoint'"):
+        load_config(None, [*pretrained, 'treatments.names=["AnB"]'])
+    with pytest.raises(UserError, match=r"treatments.names: PnT cannot run in a study with source.kind = 'split'"):
+        load_config(None, ['treatments.names=["PnT"]'])
+    with pytest.raises(UserError, match=r"treatments.targets: with source.kind = 'checkpoint' the targets are T"):
+        load_config(None, [*pretrained, 'treatments.targets=["B"]'])
+    with pytest.raises(UserError, match=r'source: .*kind "checkpoint" needs path'):
+        load_config(None, ['source.kind="checkpoint"'])
 
 
 def test_every_consumer_reads_the_table():
@@ -61,9 +79,9 @@ def test_every_consumer_reads_the_table():
     assert figures._FIG2_ROLES == roles_in("fig2") and figures._FIG3_ROLES == roles_in("fig3")
     assert "random" not in figures._FIG2_ROLES and "random" in figures._FIG3_ROLES  # as the paper draws them
     analysed = {t.role for t in TREATMENTS if t.analysed}
-    assert analysed == {"selffer+", "transfer+"}
+    assert analysed == {"selffer+", "transfer+", "pretrained+"}
     assert set(similarity.FINETUNED_ROLES) == analysed == set(analysis_figures._ROLE_NAMES)
-    assert recommend.ROLES == ("base", "transfer", "transfer+")
+    assert recommend.ROLES == ("base", "transfer", "transfer+", "pretrained", "pretrained+", "pretrained-adabn", "probe")
     assert recommend.candidate_label("transfer", 3) == "AnB n=3 (freeze)"
     assert recommend.candidate_label("transfer+", 2) == "AnB+ n=2 (fine-tune)"
     assert recommend.candidate_label("base", 0) == "train from scratch"
@@ -83,13 +101,17 @@ def test_no_decision_by_role_string_outside_the_table():
 
 
 def test_names_mirror_for_target_a_by_pattern():
-    assert [t.run_name("A") for t in TREATMENTS] == ["baseA", "AnA", "AnA+", "BnA", "BnA+", "randomA", "BnA-adabn"]
+    split = [t for t in TREATMENTS if "split" in t.designs]
+    assert [t.run_name("A") for t in split] == ["baseA", "AnA", "AnA+", "BnA", "BnA+", "randomA", "BnA-adabn"]
+    pretrained = [t for t in TREATMENTS if "pretrained" in t.designs]
+    assert [t.run_name("T") for t in pretrained] == ["baseT", "randomT", "PnT", "PnT+", "PnT-adabn", "probeT"]
     assert [t.run_name("B") for t in TREATMENTS][1:5] == ["BnB", "BnB+", "AnB", "AnB+"]
-    assert [BY_NAME[n].frozen_layers(3) for n in NAMES] == [0, 3, 0, 3, 0, 3, 3]
-    assert [t.source("B") for t in TREATMENTS] == [None, "B", "B", "A", "A", None, "A"]
+    assert [BY_NAME[n].frozen_layers(3) for n in NAMES] == [0, 3, 0, 3, 0, 3, 3, 3, 0, 3, 3]
+    assert [t.source("B") for t in TREATMENTS] == [None, "B", "B", "A", "A", None, "A", "P", "P", "P", "P"]
     assert BY_NAME["BnB"].decomposition == (("co-adaptation", -1), ("specificity", 1))
     assert BY_NAME["AnB-adabn"].decomposition == () and BY_NAME["AnB-adabn"].bn_stats == "target"
-    assert [t.name for t in TREATMENTS if t.bn_stats == "target"] == ["AnB-adabn"]
+    assert [t.name for t in TREATMENTS if t.bn_stats == "target"] == ["AnB-adabn", "PnT-adabn"]
+    assert [t.name for t in TREATMENTS if t.head == "linear"] == ["probe"]
 
 
 # -- the default study is unchanged ---------------------------------------------------------------

@@ -17,7 +17,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from transferscope.errors import UserError
-from transferscope.treatments import DEFAULT_NAMES, NAMES
+from transferscope.treatments import DEFAULT_NAMES, NAMES, PRETRAINED_NAMES, Design, names_of
 
 #: Treatments as the paper names them for target task B (the table of transferscope.treatments),
 #: the default ones first. With ``targets`` including "A", each is mirrored (BnB -> AnA, AnB -> BnA,
@@ -103,6 +103,37 @@ class SplitConfig(_Section):
         return self
 
 
+class SourceConfig(_Section):
+    """Where the copied layers come from.
+
+    - ``split`` (the default): the paper's design, base networks trained by the study on tasks A
+      and B of ``data.dataset`` ([split] says how its classes divide).
+    - ``checkpoint``: a weights file of ``model.arch`` (``path``: a PyTorch state dict, ``.pth`` or
+      ``.pt``, or ``.safetensors``; keys named as transferscope, torchvision or timm name them).
+    - ``timm``: the pretrained weights of ``model.arch = "timm/<name>"``, from ``path`` or timm's
+      local cache (nothing is downloaded during a study).
+    - ``study``: base network ``run`` (e.g. "r0-baseA") of the transferscope study in ``study``.
+
+    The last three transfer the pretrained network to ``data.dataset`` used whole (all of its
+    classes, the target task T).
+    """
+
+    kind: Literal["split", "checkpoint", "timm", "study"] = "split"
+    path: str | None = None
+    study: str | None = None
+    run: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SourceConfig:
+        if self.kind == "checkpoint" and not self.path:
+            raise ValueError('kind "checkpoint" needs path = "<weights file>"')
+        if self.kind == "study" and not (self.study and self.run):
+            raise ValueError('kind "study" needs study = "<study directory>" and run = "<run key, e.g. r0-baseA>"')
+        if self.kind == "split" and (self.path or self.study or self.run):
+            raise ValueError('path, study and run are for a pretrained source (kind "checkpoint", "timm" or "study")')
+        return self
+
+
 class ModelConfig(_Section):
     """The architecture, by registry name, and its keyword options."""
 
@@ -118,7 +149,8 @@ class TreatmentConfig(_Section):
     #: is asked for by name
     names: tuple[TreatmentName, ...] = DEFAULT_NAMES
     cut_points: tuple[int, ...] | Literal["all"] = "all"
-    targets: tuple[Literal["A", "B"], ...] = ("B", "A")
+    #: the paper's design: which directions (default both); from a pretrained source: ["T"]
+    targets: tuple[Literal["A", "B", "T"], ...] = ("B", "A")
     replicates: int = Field(5, ge=1)
     #: freeze or fine-tune, by target size: repeat the transfer treatments (AnB, AnB+) and a base
     #: network from scratch with less target training data, each size a fraction of every class's
@@ -238,12 +270,43 @@ class StudyConfig(_Section):
     #: non-negative, like every seed (NumPy's generators take no negative seed)
     seed: int = Field(0, ge=0)
     data: DataConfig = DataConfig()
+    source: SourceConfig = SourceConfig()
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
     treatments: TreatmentConfig = TreatmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     execution: ExecutionConfig = ExecutionConfig()
+
+    @property
+    def design(self) -> Design:
+        """The paper's ("split") or a pretrained network transferred to a whole dataset."""
+        return "split" if self.source.kind == "split" else "pretrained"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_defaults(cls, values: Any) -> Any:
+        """A study from a pretrained network runs the pretrained treatments on target T unless
+        told otherwise."""
+        if isinstance(values, dict) and (values.get("source") or {}).get("kind", "split") != "split":
+            treatments = dict(values.get("treatments") or {})
+            treatments.setdefault("names", PRETRAINED_NAMES)
+            treatments.setdefault("targets", ("T",))
+            values = {**values, "treatments": treatments}
+        return values
+
+    @model_validator(mode="after")
+    def _treatments_of_the_design(self) -> StudyConfig:
+        t, design = self.treatments, self.design
+        wrong = [n for n in t.names if n not in names_of(design)]
+        if wrong:
+            raise ValueError(f"treatments.names: {', '.join(wrong)} cannot run in a study with source.kind = "
+                             f"{self.source.kind!r}; allowed: {', '.join(names_of(design))}")
+        allowed = ("T",) if design == "pretrained" else ("A", "B")
+        if set(t.targets) - set(allowed):
+            raise ValueError(f"treatments.targets: with source.kind = {self.source.kind!r} the targets are "
+                             f"{' and '.join(allowed)}, not {', '.join(sorted(set(t.targets) - set(allowed)))}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -352,7 +415,8 @@ def config_from_dict(tree: dict[str, Any], source: str = "configuration") -> Stu
 
 #: configuration values that are paths: relative ones are resolved against the study file's folder
 #: (or the current directory, for --set), so a study means the same files from anywhere
-PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("split", "file"), ("split", "groups_file"))
+PATH_KEYS = (("data", "root"), ("data", "cache_dir"), ("split", "file"), ("split", "groups_file"),
+             ("source", "path"), ("source", "study"))
 
 
 def _absolute_paths(tree: dict[str, Any], base: Path) -> None:

@@ -14,8 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+from transferscope.analysis.networks import reduce_features
+from transferscope.analysis.transferability import linear_probe
 from transferscope.config import StudyConfig
 from transferscope.data.augment import normalize
 from transferscope.errors import one_line
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from transferscope.study import Study
 
 StateDict = dict[str, torch.Tensor]
+#: the most values per image a probe's features keep (wider conv maps are average-pooled)
+PROBE_FEATURES = 2048
 EpochCallback = Callable[[str, int, dict[str, float]], None]
 
 
@@ -73,10 +78,12 @@ class Runner:
         key = spec.source_net
         assert key is not None
         if key not in self._sources:
-            trained = spec.kind.copies != "random"
-            task = spec.source if trained else spec.target
+            copies = spec.kind.copies
+            task = spec.source if copies in ("target", "other") else spec.target
             net = self.study.new_network(spec, task, key)  # type: ignore[arg-type]
-            if trained:
+            if copies == "pretrained":  # layers 1..(highest cut point); its classifier is never copied
+                net.load_state_dict(self.study.pretrained_weights(net), strict=False)
+            elif copies != "random":
                 net.load_state_dict(self.load_source(key))
             self._sources[key] = self.numerics.prepare_model(net).eval()  # type: ignore[assignment]
         return self._sources[key]
@@ -142,6 +149,8 @@ class Runner:
             feature_time: float = 0.0) -> RunResult:
         """Train one run. A crash is recorded as a failed run rather than ending the study."""
         start = time.perf_counter()
+        if spec.kind.head == "linear":
+            return self._probe(spec, start)
         try:
             net = self.build_network(spec)
             trainable, total = parameter_counts(net)
@@ -166,6 +175,37 @@ class Runner:
         if outcome.status == "done" and keeps_weights(self.study.config, spec):
             weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         return RunResult(record, weights)
+
+
+    def probe_features(self, spec: RunSpec, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """Layer n's outputs of the prefix network on a part of the run's task (un-augmented,
+        conv maps average-pooled to at most :data:`PROBE_FEATURES` values), and the labels."""
+        task, numerics, net = self.study.task(*spec.task_key), self.numerics, self.prefix_network(spec)
+        feats, labels = [], []
+        with torch.no_grad(), numerics.autocast():
+            for x, y in getattr(task, part).batches(self.study.config.eval.batch_size):
+                h = net.forward_prefix(numerics.prepare_input(normalize(x.to(numerics.device), task.mean, task.std)),
+                                       spec.n)
+                feats.append(reduce_features(h.float(), PROBE_FEATURES).cpu())
+                labels.append(y)
+        return torch.cat(feats).double().numpy(), torch.cat(labels).numpy()
+
+    def _probe(self, spec: RunSpec, start: float) -> RunResult:
+        """A linear probe: layers 1..n of the source frozen, one linear classifier on layer n's
+        features fitted in closed form (ridge chosen on the validation part, scored once on test)."""
+        try:
+            train, val, test = (self.probe_features(spec, p) for p in ("train", "val", "test"))
+            fit = linear_probe(train, val, test)
+        except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)
+            return RunResult(make_record(self.study, spec, "failed", error=one_line(e),
+                                         wall_time_s=time.perf_counter() - start), traceback=traceback.format_exc())
+        classes, dim = len(self.study.split(spec.replicate).classes(spec.target)), train[0].shape[1]
+        prefix = sum(p.numel() for b in list(self.prefix_network(spec).blocks)[:spec.n] for p in b.parameters())
+        return RunResult(make_record(
+            self.study, spec, "done", metrics={"test_top1": fit.top1, "val_top1": fit.val_top1,
+                                               "val_best_k_mean": fit.val_top1, "probe_ridge": fit.ridge},
+            steps_run=0, trainable_params=dim * classes + classes, total_params=prefix + dim * classes + classes,
+            wall_time_s=time.perf_counter() - start, precision=self.numerics.name, device=str(self.numerics.device)))
 
 
 def keeps_weights(config: StudyConfig, spec: RunSpec) -> bool:

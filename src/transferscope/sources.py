@@ -26,7 +26,7 @@ from transferscope.errors import UserError
 from transferscope.models.cutnet import CutNet
 from transferscope.models.registry import model_options
 from transferscope.store import Store
-from transferscope.treatments import BASE
+from transferscope.treatments import treatment
 
 #: how many keys a message lists
 SHOWN = 3
@@ -168,11 +168,11 @@ def _study_state(source: SourceSpec, model: ModelConfig | None) -> tuple[dict[st
         records = {r.key: r for r in store.records()}
     except UserError as e:
         raise UserError(f"{field}.study: {e}") from None
-    bases = sorted(k for k, r in records.items() if r.role == BASE.role and r.status == "done")
+    bases = sorted(k for k, r in records.items() if treatment(r.role).is_base and r.status == "done")
     record = records.get(source.run)
-    if record is None or record.role != BASE.role or record.status != "done":
+    if record is None or not treatment(record.role).is_base or record.status != "done":
         why = ("is not a run of it" if record is None else
-               f"is a {record.treatment} run, not a base network" if record.role != BASE.role else
+               f"is a {record.treatment} run, not a base network" if not treatment(record.role).is_base else
                f"is {record.status}, not done")
         raise UserError(f"{field}.run: {source.run!r} {why} (study {source.study}); allowed: its done base runs "
                         f"{', '.join(bases) or '(none yet)'}")

@@ -15,11 +15,12 @@ import torch
 
 from transferscope.config import StudyConfig
 from transferscope.data import ImageData, load_dataset
-from transferscope.data.splits import ClassSplit, split_classes, split_seed
+from transferscope.data.splits import ClassSplit, split_classes, split_seed, whole_dataset
 from transferscope.data.tasks import Task, make_task, partition, reduce_train, reduced
 from transferscope.errors import UserError
 from transferscope.models import CutNet, create_model
 from transferscope.seeds import Seeds, TrainingSeeds, derive_seed
+from transferscope.sources import SourceSpec, load_source_weights
 from transferscope.store import Store
 from transferscope.surgery import check_cut
 from transferscope.train import Budget, run_budget
@@ -115,8 +116,10 @@ class Study:
         return self.data
 
     def split(self, replicate: int) -> ClassSplit:
+        """The class split of a replicate; from a pretrained network, the whole dataset (T)."""
         if replicate not in self._splits:
-            self._splits[replicate] = split_classes(self.config.split, self.images(), replicate)
+            self._splits[replicate] = (split_classes(self.config.split, self.images(), replicate)
+                                       if self.config.design == "split" else whole_dataset(self.images()))
         return self._splits[replicate]
 
     def task(self, replicate: int, name: str, size: float | int | None = None) -> Task:
@@ -147,6 +150,8 @@ class Study:
     def budget(self, spec: RunSpec) -> Budget:
         """How long ``spec`` trains: ``train.epochs`` on its task's full training set, and on
         reduced target data what ``treatments.size_budget`` gives (see train.run_budget)."""
+        if spec.kind.head == "linear":  # a probe is fitted in closed form: no optimisation steps
+            return Budget(0, 0, self.config.treatments.size_budget)
         return run_budget(self.config.train, self.config.treatments.size_budget, self.train_images(*spec.task_key),
                           self.train_images(spec.replicate, spec.target))
 
@@ -158,12 +163,20 @@ class Study:
         return Seeds(study=seed, init=derive_seed("init", seed, spec.seed_key),
                      partition=derive_seed("partition", seed, spec.replicate, spec.target),
                      order=training.order, augment=training.augment, dropout=training.dropout,
-                     split=split_seed(self.config.split, spec.replicate))
+                     split=split_seed(self.config.split, spec.replicate) if self.config.design == "split" else None)
 
     def new_network(self, spec: RunSpec, task: str, seed_key: str) -> CutNet:
         m = self.config.model
         return create_model(m.arch, len(self.split(spec.replicate).classes(task)), self.image_shape,
                             m.options, init_seed=derive_seed("init", self.config.seed, seed_key))
+
+    def pretrained_weights(self, net: CutNet) -> dict[str, torch.Tensor]:
+        """Layers 1..(the highest cut point) of the study's pretrained network (``[source]``), in
+        ``net``'s key names, for ``load_state_dict(strict=False)``."""
+        s, m = self.config.source, self.config.model
+        spec = SourceSpec(kind=s.kind, path=s.path, study=s.study, run=s.run,  # type: ignore[arg-type]
+                          name=m.arch.removeprefix("timm/") if s.kind == "timm" else None)
+        return load_source_weights(spec, net, layers=max(self.cut_points), model=m)
 
     @property
     def flip(self) -> bool:
@@ -175,6 +188,12 @@ class Study:
         lines = [f"dataset {self.config.data.dataset} ({len(self.info['class_names'])} classes, {self.info['images']} images), "
                  f"architecture {self.config.model.arch} ({self.num_layers} layers, cut points "
                  f"{', '.join(map(str, self.cut_points))}), {t.replicates} replicate(s), targets {', '.join(t.targets)}"]
+        if self.config.design == "pretrained":
+            src = self.config.source
+            lines.append(f"  source: the pretrained network of source.kind = {src.kind!r} ("
+                         + (f"{src.study}, run {src.run}" if src.kind == "study" else src.path or "timm's local cache")
+                         + f"); target T: {self.split(0).description}")
+            return "\n".join(lines)
         for r in range(t.replicates):
             s = self.split(r)
             lines.append(f"  replicate {r}: {s.description}; A = {', '.join(s.names('A'))}; B = {', '.join(s.names('B'))}")

@@ -15,6 +15,21 @@ AnB-adabn      transfer-adabn  baseS       as AnB, with the frozen layers' Batch
                                            re-estimated on T's training images (AdaBN)
 =============  ==============  ==========  ===============================================================
 
+A study from a pretrained network (``[source]``, design "pretrained") has one target task T, the
+whole target dataset, and copies from the pretrained network P (no run trains it):
+
+=============  ================  ==========  =============================================================
+name           role              copies      network
+=============  ================  ==========  =============================================================
+baseT          base              --          all layers trained from scratch on T
+PnT            pretrained        P           layers 1..n copied from P and frozen, rest re-initialised
+PnT+           pretrained+       P           the same, every layer fine-tuned
+PnT-adabn      pretrained-adabn  P           as PnT, BatchNorm statistics of layers 1..n re-estimated on T
+probe          probe             P           layers 1..n copied from P and frozen, a linear classifier
+                                             on layer n's features (no layers n+1..L)
+randomT        random            randomT     layers 1..n keep their random initial weights, frozen
+=============  ================  ==========  =============================================================
+
 :data:`TREATMENTS` is the only place this vocabulary is written: the configuration's accepted
 names, the plan, how a network is built (what is copied, frozen, re-estimated), which weights are
 kept, the statistics' labels and decomposition, the figures and the analyses all read it. Adding a
@@ -47,8 +62,17 @@ if TYPE_CHECKING:
     from transferscope.config import StudyConfig
 
 #: which network layers 1..n start from: the target task's own base network, the other task's,
-#: or the untrained network of the replicate and target; None: nothing is copied (a base network)
-Copies = Literal["target", "other", "random"]
+#: the untrained network of the replicate and target, or the pretrained network of the study's
+#: ``[source]``; None: nothing is copied (a base network)
+Copies = Literal["target", "other", "random", "pretrained"]
+#: what trains above layer n: layers n+1..L re-initialised (the paper's treatments), or one linear
+#: classifier on layer n's features (a probe)
+Head = Literal["layers", "linear"]
+#: the two kinds of study: the paper's (base networks trained on tasks A and B of one dataset), and
+#: a pretrained network transferred to a whole target dataset (``source.kind`` other than "split")
+Design = Literal["split", "pretrained"]
+#: the key of the pretrained network in a study from one (it is loaded, never trained)
+PRETRAINED = "pretrained"
 #: the BatchNorm running statistics of the copied layers: the source network's, or re-estimated on
 #: the target task's training images before the upper layers train
 BnStats = Literal["source", "target"]
@@ -101,6 +125,10 @@ class Treatment:
     #: initialisation and data-order seeds (None: its own key): a variant drawn with the same
     #: random numbers as what it varies, so the two differ by the treatment alone
     seeds_from: str | None = None
+    #: what trains above the copied layers (see :data:`Head`)
+    head: Head = "layers"
+    #: the kinds of study it belongs to
+    designs: tuple[Design, ...] = ("split",)
 
     @property
     def is_base(self) -> bool:
@@ -126,8 +154,9 @@ class Treatment:
         return self.pattern.format(T=target, O=other(target))
 
     def source(self, target: str) -> str | None:
-        """The task whose base network donates layers 1..n (None for base and random)."""
-        return {"target": target, "other": other(target)}.get(self.copies or "")
+        """The task whose base network donates layers 1..n (None for base and random; "P" for
+        the pretrained network)."""
+        return {"target": target, "other": other(target), "pretrained": "P"}.get(self.copies or "")
 
 
 @dataclass(frozen=True)
@@ -144,7 +173,7 @@ class Contrast:
 TREATMENTS: tuple[Treatment, ...] = (
     Treatment(name="base", role="base", label="base", pattern="base{T}", copies=None, fine_tuned=False,
               bn_stats="source", figures=("fig2", "fig3"), style=Style("black", "o", 0.0, spread=0.12, face="white"),
-              at_target_sizes=True),
+              at_target_sizes=True, designs=("split", "pretrained")),
     Treatment(name="BnB", role="selffer", label="BnB", pattern="{T}n{T}", copies="target", fine_tuned=False,
               bn_stats="source", figures=("fig2", "fig3"), style=Style("#08306b", "o", -0.18)),
     Treatment(name="BnB+", role="selffer+", label="BnB+", pattern="{T}n{T}+", copies="target", fine_tuned=True,
@@ -155,10 +184,22 @@ TREATMENTS: tuple[Treatment, ...] = (
               bn_stats="source", figures=("fig2", "fig3"), style=Style("#f47a6b", "P", 0.18), analysed=True,
               at_target_sizes=True),
     Treatment(name="random", role="random", label="random", pattern="random{T}", copies="random", fine_tuned=False,
-              bn_stats="source", figures=("fig3",), style=Style("#5a5a5a", "^", 0.0)),
+              bn_stats="source", figures=("fig3",), style=Style("#5a5a5a", "^", 0.0), designs=("split", "pretrained")),
     Treatment(name="AnB-adabn", role="transfer-adabn", label="AnB-adabn", pattern="{O}n{T}-adabn", copies="other",
               fine_tuned=False, bn_stats="target", figures=("fig2", "fig3"), style=Style("#e6850e", "s", 0.30),
               seeds_from="AnB"),
+    Treatment(name="PnT", role="pretrained", label="PnT", pattern="Pn{T}", copies="pretrained", fine_tuned=False,
+              bn_stats="source", figures=("fig2", "fig3"), style=Style("#99000d", "D", 0.06), at_target_sizes=True,
+              designs=("pretrained",)),
+    Treatment(name="PnT+", role="pretrained+", label="PnT+", pattern="Pn{T}+", copies="pretrained", fine_tuned=True,
+              bn_stats="source", figures=("fig2", "fig3"), style=Style("#f47a6b", "P", 0.18), analysed=True,
+              at_target_sizes=True, designs=("pretrained",)),
+    Treatment(name="PnT-adabn", role="pretrained-adabn", label="PnT-adabn", pattern="Pn{T}-adabn",
+              copies="pretrained", fine_tuned=False, bn_stats="target", figures=("fig2", "fig3"),
+              style=Style("#e6850e", "s", 0.30), seeds_from="PnT", at_target_sizes=True, designs=("pretrained",)),
+    Treatment(name="probe", role="probe", label="probe", pattern="probe{T}", copies="pretrained", fine_tuned=False,
+              bn_stats="source", figures=("fig2", "fig3"), style=Style("#2b8c3e", "v", -0.18), head="linear",
+              at_target_sizes=True, designs=("pretrained",)),
 )
 
 #: The paper's decomposition, in report order.
@@ -170,6 +211,8 @@ DECOMPOSITION: tuple[Contrast, ...] = (
 
 #: The default ``treatments.names``: the paper's treatments (AnB-adabn is asked for by name).
 DEFAULT_NAMES: tuple[str, ...] = ("base", "BnB", "BnB+", "AnB", "AnB+", "random")
+#: ... and of a study from a pretrained network (PnT-adabn is asked for by name)
+PRETRAINED_NAMES: tuple[str, ...] = ("base", "PnT", "PnT+", "probe", "random")
 
 BY_NAME: dict[str, Treatment] = {t.name: t for t in TREATMENTS}
 BY_ROLE: dict[str, Treatment] = {t.role: t for t in TREATMENTS}
@@ -180,6 +223,11 @@ BASE: Treatment = BY_ROLE["base"]
 AT_TARGET_SIZES: tuple[Treatment, ...] = tuple(t for t in TREATMENTS if t.at_target_sizes and not t.is_base)
 
 
+def names_of(design: Design) -> tuple[str, ...]:
+    """The treatments a kind of study may run."""
+    return tuple(t.name for t in TREATMENTS if design in t.designs)
+
+
 def _check_table() -> None:
     """The table's own consistency, checked on import: unique names, roles and labels, names that
     are their pattern for target B, decomposition roles that exist."""
@@ -188,8 +236,12 @@ def _check_table() -> None:
         if len(set(values)) != len(values):
             raise ValueError(f"treatments: repeated {field} in {values}")
     for t in TREATMENTS:
-        if t.name not in (t.run_name("B"), t.pattern.replace("{T}", "")):
+        if t.name not in (t.run_name("B"), t.run_name("T"), t.pattern.replace("{T}", "")):
             raise ValueError(f"treatment {t.name}: pattern {t.pattern!r} gives {t.run_name('B')!r} for target B")
+        if (t.copies == "pretrained") != (t.designs == ("pretrained",)):
+            raise ValueError(f"treatment {t.name}: only a pretrained study copies from the pretrained network")
+        if t.head == "linear" and (t.fine_tuned or t.copies is None):
+            raise ValueError(f"treatment {t.name}: a linear probe sits on copied, frozen layers")
         if t.is_base != (t.role == "base"):
             raise ValueError(f"treatment {t.name}: only the base treatment copies nothing")
         if t.seeds_from is not None and t.seeds_from not in {u.name for u in TREATMENTS}:
@@ -197,8 +249,8 @@ def _check_table() -> None:
     for c in DECOMPOSITION:
         if {c.minuend, c.subtrahend} - set(ROLES):
             raise ValueError(f"decomposition {c.name}: unknown role in {c.minuend} - {c.subtrahend}")
-    if set(DEFAULT_NAMES) - set(NAMES):
-        raise ValueError(f"default treatments {DEFAULT_NAMES} not all in the table")
+    if set(DEFAULT_NAMES) - set(names_of("split")) or set(PRETRAINED_NAMES) - set(names_of("pretrained")):
+        raise ValueError("default treatments not all in the table for their design")
 
 
 _check_table()
@@ -249,10 +301,13 @@ class RunSpec:
 
     @property
     def source_net(self) -> str | None:
-        """The network whose layers 1..n this run starts from: a base network, or for the random
-        control the untrained network of its replicate and target."""
+        """The network whose layers 1..n this run starts from: a base network, the pretrained
+        network (:data:`PRETRAINED`), or for the random control the untrained network of its
+        replicate and target."""
         if self.kind.copies == "random":
             return f"r{self.replicate}-random{self.target}"
+        if self.kind.copies == "pretrained":
+            return PRETRAINED
         return self.depends_on
 
     @property
@@ -267,8 +322,9 @@ class RunSpec:
 
     @property
     def depends_on(self) -> str | None:
-        """The recorded run this one needs first: always a base network trained on all of its data."""
-        return base_key(self.replicate, self.source) if self.source else None
+        """The recorded run this one needs first: always a base network trained on all of its data
+        (None where it copies nothing, or from the pretrained network, which no run trains)."""
+        return base_key(self.replicate, self.source) if self.kind.copies in ("target", "other") else None
 
     @property
     def seed_key(self) -> str:
@@ -322,8 +378,9 @@ def group_jobs(specs: list[RunSpec], share_frozen: bool) -> list[Job]:
     shared: set[str] = set()
     for s in specs:
         key = s.key
-        if share_frozen and s.frozen and s.source_net:
-            key = f"{s.prefix_net}->{s.target}" + (f"@{size_key(s.size)}" if s.size is not None else "")
+        if share_frozen and s.frozen and s.prefix_net:
+            net = s.prefix_net if s.prefix_net.startswith(f"r{s.replicate}-") else f"r{s.replicate}-{s.prefix_net}"
+            key = f"{net}->{s.target}" + (f"@{size_key(s.size)}" if s.size is not None else "")
             shared.add(key)
         slots.setdefault(key, []).append(s)
     jobs = [Job(key, tuple(sorted(runs, key=lambda s: s.n)), key in shared) for key, runs in slots.items()]
@@ -345,11 +402,13 @@ def _spec(replicate: int, name: str, target: str, n: int, size: float | int | No
 def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec]:
     """Every run of the study, base networks first (transfers start from them).
 
-    Both base networks of a replicate always run: they are the sources of every copy and the
-    reference that relative accuracy is measured against."""
+    In the paper's design both base networks of a replicate always run: they are the sources of
+    every copy and the reference that relative accuracy is measured against. A study from a
+    pretrained network has one target task and its base network, the reference."""
     t = config.treatments
+    tasks = ("A", "B") if config.design == "split" else t.targets
     plan = [RunSpec(base_key(r, task), r, BASE.run_name(task), BASE.role, task, None, 0)
-            for r in range(t.replicates) for task in ("A", "B")]
+            for r in range(t.replicates) for task in tasks]
     for r in range(t.replicates):
         for n in cut_points:
             for target in t.targets:
@@ -361,5 +420,6 @@ def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec
             for target in t.targets:
                 plan.append(RunSpec(f"{base_key(r, target)}-s{size_key(size)}", r, BASE.run_name(target), BASE.role,
                                     target, None, 0, size))
-                plan += [_spec(r, x.name, target, n, size) for n in cut_points for x in AT_TARGET_SIZES]
+                plan += [_spec(r, x.name, target, n, size) for n in cut_points for x in AT_TARGET_SIZES
+                         if x.name in t.names]
     return plan

@@ -32,6 +32,7 @@ class ClassSplit:
     description: str
 
     def classes(self, task: str) -> tuple[int, ...]:
+        """Task A's classes, or B's (the target T of a study from a pretrained network is B)."""
         return self.a if task == "A" else self.b
 
     def names(self, task: str) -> tuple[str, ...]:
@@ -116,6 +117,13 @@ def group_split(groups: dict[str, str], names: tuple[str, ...], a_groups: tuple[
     b = [names.index(c) for c, g in groups.items() if g in b_groups]
     desc = f"groups {'+'.join(a_groups)} vs {'+'.join(b_groups)}"
     return _checked(a, b, names, "split", desc)
+
+
+def whole_dataset(data: ImageData) -> ClassSplit:
+    """The one target task T of a study from a pretrained network: every class of the dataset (A
+    is empty: the source task is the pretrained network's own)."""
+    return ClassSplit((), tuple(range(data.num_classes)), data.class_names,
+                      f"all {data.num_classes} classes of {data.name}")
 
 
 def split_seed(cfg: SplitConfig, replicate: int) -> int | None:

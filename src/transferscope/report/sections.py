@@ -90,8 +90,8 @@ def _records_classes(records: list[RunRecord]) -> dict[tuple[int, str], int]:
     """Classes per (replicate, task), from the recorded splits."""
     out: dict[tuple[int, str], int] = {}
     for r in records:
-        if r.split is not None:
-            out[r.replicate, "A"], out[r.replicate, "B"] = len(r.split.A), len(r.split.B)
+        if r.split is not None:  # the target T of a study from a pretrained network is B
+            out[r.replicate, r.target] = len(r.split.A if r.target == "A" else r.split.B)
     return out
 
 
