@@ -8,7 +8,7 @@ Every run draws its own random streams from its key, so results do not depend on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -51,6 +51,8 @@ class Study:
     cut_points: tuple[int, ...]
     plan: list[RunSpec]
     missing: str | None = None
+    #: the architecture's pretrained input configuration (``CutNet.input_config``: mean, std, size)
+    input_config: dict[str, Any] | None = None
     _splits: dict[int, ClassSplit] = field(default_factory=dict)
     _tasks: dict[tuple[int, str, float | int | None], Task] = field(default_factory=dict)
     _train_labels: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
@@ -94,7 +96,8 @@ class Study:
             cuts = tuple(sorted(set(config.treatments.cut_points)))
             for n in cuts:
                 check_cut(probe, n, config.model.arch)
-        study = cls(config, data, info, probe.num_layers, cuts, build_plan(config, cuts), missing)
+        study = cls(config, data, info, probe.num_layers, cuts, build_plan(config, cuts), missing,
+                    getattr(probe, "input_config", None))
         names = tuple(info["class_names"])
         for r, saved in (splits or {}).items():
             study._splits[r] = ClassSplit(tuple(saved["A_indices"]), tuple(saved["B_indices"]), names,
@@ -129,9 +132,22 @@ class Study:
                 self._tasks[replicate, name, size] = reduce_train(self.task(replicate, name), size)
             return self._tasks[replicate, name, size]
         if (replicate, name, None) not in self._tasks:
-            self._tasks[replicate, name, None] = make_task(name=name, workers=self.config.data.workers,
-                                                           **self._partition_args(replicate, name))
+            task = make_task(name=name, workers=self.config.data.workers, **self._partition_args(replicate, name))
+            self._tasks[replicate, name, None] = self._pretrained_inputs(task)
         return self._tasks[replicate, name, None]
+
+    def _pretrained_inputs(self, task: Task) -> Task:
+        """A checkpoint or timm source expects its inputs standardised as it was trained
+        (``input_config``: ImageNet's mean and std for torchvision's and most of timm's); every
+        other network, a transferscope source included, standardises by its task's own statistics.
+        A grey task takes the mean of the three channels' (block 1 repeats it to three)."""
+        cfg = self.input_config
+        if self.config.source.kind not in ("checkpoint", "timm") or not cfg:
+            return task
+        mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+        if len(task.mean) == 1 and len(mean) == 3:
+            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        return replace(task, mean=mean, std=std)
 
     def _partition_args(self, replicate: int, name: str) -> dict[str, Any]:
         d = self.config.data
