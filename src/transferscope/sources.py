@@ -250,7 +250,10 @@ def _few(keys: list[str]) -> str:
 
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    if not lines:
+        return type(e).__name__
+    # a message without words (torch.load's KeyError of a junk file's first bytes) names its type
+    return lines[0] if any(c.isalpha() for c in lines[0]) else f"{type(e).__name__}: {lines[0]}"
 
 
 def _weights_only_reason(e: BaseException) -> str:

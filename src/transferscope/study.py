@@ -62,7 +62,10 @@ class Study:
         """Load the data and plan the runs. ``splits`` (as saved in splits.json) replaces
         drawing the class splits again, e.g. for a finished study whose split file moved."""
         data = load_dataset(config.data)
-        return cls._build(config, data, describe_data(data), splits)
+        study = cls._build(config, data, describe_data(data), splits)
+        if config.design == "pretrained":
+            study.check_source()  # a bad [source] is one line now, before anything is written or trained
+        return study
 
     @classmethod
     def open(cls, store: Store, images: bool = True) -> Study:
@@ -193,6 +196,15 @@ class Study:
         spec = SourceSpec(kind=s.kind, path=s.path, study=s.study, run=s.run,  # type: ignore[arg-type]
                           name=m.arch.removeprefix("timm/") if s.kind == "timm" else None)
         return load_source_weights(spec, net, layers=max(self.cut_points), model=m)
+
+    def check_source(self) -> None:
+        """Read the pretrained network's layers 1..(highest cut point) into a network of the study's
+        architecture (no weights allocated), so a missing, unreadable or mismatched source ends
+        the command with its one-line UserError rather than failing every run that copies it."""
+        m = self.config.model
+        with torch.device("meta"):
+            net = create_model(m.arch, len(self.split(0).classes("T")), self.image_shape, m.options)
+        self.pretrained_weights(net)
 
     @property
     def flip(self) -> bool:
