@@ -128,7 +128,7 @@ def test_report_html_is_self_contained(report_dir: Path) -> None:
         assert section in ids, section
     images = tags.of("img")
     figures = {"fig2.png", "fig3.png", "convergence.png", "cka_layers.png", "cka_heatmap.png", "estimate.png",
-               "filters.png", "target_sizes.png"}
+               "filters.png", "target_sizes.png", "freeze_map.png", "finetune_curve.png"}
     assert {a["data-file"] for a in images} == figures
     for img in images:
         assert img["src"].startswith("data:image/png;base64,")
@@ -171,7 +171,7 @@ def test_report_renders_in_a_headless_browser(report_dir: Path, tmp_path: Path) 
     for section in SECTIONS:
         assert section in ids, section
     images = tags.of("img")
-    assert len(images) == 8 and all(a["src"].startswith("data:image/png;base64,") for a in images)
+    assert len(images) == 10 and all(a["src"].startswith("data:image/png;base64,") for a in images)
     for tag, attrs in tags.tags:
         for key in ("src", "href"):
             if key in attrs:

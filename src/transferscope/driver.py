@@ -252,9 +252,13 @@ def write_study_report(store: Store, study: Study | None = None, compare: str | 
         study = Study.open(store)
     cfg = study.config
     skipped = list(study.info.get("skipped", []))
+    src = cfg.source
     meta = ReportMeta(
-        dataset=cfg.data.dataset, split=study.split(0).description if cfg.split.kind != "random"
-        else f"random {len(study.split(0).a)}/{len(study.split(0).b)}",
+        dataset=cfg.data.dataset, split=study.split(0).description
+        if cfg.split.kind != "random" or cfg.design == "pretrained"
+        else f"random {len(study.split(0).a)}/{len(study.split(0).b)}", design=cfg.design,
+        source={"checkpoint": f"checkpoint {src.path}", "timm": f"timm's {cfg.model.arch}" + (f" ({src.path})"
+                if src.path else ""), "study": f"study {src.study}, run {src.run}"}.get(src.kind, ""),
         arch=cfg.model.arch, replicates=cfg.treatments.replicates, num_layers=study.num_layers,
         cut_points=study.cut_points, best_k=cfg.eval.best_k,
         extra_lines=(f"Training: {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, SGD lr {cfg.train.lr} "

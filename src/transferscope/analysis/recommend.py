@@ -25,17 +25,23 @@ import numpy as np
 import pandas as pd
 
 from transferscope.stats import ACCURACY_BOUNDS, DIFFERENCE_BOUNDS, PAIR, mean_ci
-from transferscope.treatments import AT_TARGET_SIZES, BASE, size_label, treatment
+from transferscope.treatments import AT_TARGET_SIZES, BASE, TREATMENTS, Treatment, size_label, treatment
 
 #: the roles run at every target size (transferscope.treatments.TREATMENTS, ``at_target_sizes``)
 ROLES = (BASE.role, *(t.role for t in AT_TARGET_SIZES))
+#: (frozen, fine-tuned) pairs that differ only in whether the copied layers train: AnB and AnB+,
+#: PnT and PnT+ (read from the treatment table)
+FREEZE_FINETUNE: tuple[tuple[Treatment, Treatment], ...] = tuple(
+    (t, u) for t in TREATMENTS for u in TREATMENTS
+    if t.at_target_sizes and u.at_target_sizes and t.copies is not None and t.copies == u.copies
+    and not t.fine_tuned and u.fine_tuned and t.bn_stats == u.bn_stats and t.head == u.head == "layers")
 
 
 def candidate_label(role: str, n: int) -> str:
     t = treatment(role)
     if t.is_base:
         return "train from scratch"
-    return f"{t.label} n={n} ({'fine-tune' if t.fine_tuned else 'freeze'})"
+    return f"{t.label} n={n} ({'linear probe' if t.head == 'linear' else 'fine-tune' if t.fine_tuned else 'freeze'})"
 
 
 def size_runs(frame: pd.DataFrame, classes: dict[tuple[int, str], int]) -> pd.DataFrame:
@@ -76,11 +82,39 @@ def size_summary(runs: pd.DataFrame) -> pd.DataFrame:
             diff = _per_replicate((cell - base).dropna())
             rows.append((label, float(at_size["size"].iloc[0]), per_class, role, int(n), candidate_label(role, int(n)),
                          *mean_ci(_per_replicate(cell), bounds=ACCURACY_BOUNDS), len(group),
-                         *mean_ci(diff, bounds=DIFFERENCE_BOUNDS)))
+                         *mean_ci(diff, bounds=DIFFERENCE_BOUNDS), _mean(group, "trainable_params"),
+                         _mean(group, "wall_time_s")))
     cols = ["size_label", "size", "per_class", "role", "n", "candidate", "mean", "ci_low", "ci_high", "replicates",
-            "networks", "vs_scratch", "vs_low", "vs_high", "vs_replicates"]
+            "networks", "vs_scratch", "vs_low", "vs_high", "vs_replicates", "trainable_params", "train_time_s"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(["per_class", "role", "n"], ignore_index=True)
+
+
+def _mean(group: pd.DataFrame, column: str) -> float:
+    values = pd.to_numeric(group[column], errors="coerce") if column in group else pd.Series(dtype=float)
+    return float(values.mean()) if values.notna().any() else math.nan
+
+
+def finetune_minus_freeze(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per target size and cut point, for each frozen / fine-tuned pair of the table (AnB and AnB+,
+    PnT and PnT+): fine-tuned minus frozen test top-1, paired by replicate and target, mean [95%
+    CI] over replicates, with the parameters in the copied layers (what fine-tuning frees: total
+    minus trainable parameters of the frozen runs)."""
+    rows = []
+    for frozen, tuned in FREEZE_FINETUNE:
+        for (label, n), at in runs.loc[runs["role"].isin([frozen.role, tuned.role])].groupby(["size_label", "n"],
+                                                                                                sort=False):
+            f = at.loc[at["role"] == frozen.role]
+            diff = _per_replicate((at.loc[at["role"] == tuned.role].groupby(list(PAIR))["test_top1"].mean()
+                                   - f.groupby(list(PAIR))["test_top1"].mean()).dropna())
+            copied = pd.to_numeric(f["total_params"], errors="coerce") - pd.to_numeric(f["trainable_params"],
+                                                                                      errors="coerce")
+            rows.append((frozen.label, tuned.label, label, float(at["size"].iloc[0]), float(at["per_class"].mean()),
+                         int(n), *mean_ci(diff, bounds=DIFFERENCE_BOUNDS),
+                         float(copied.mean()) if copied.notna().any() else math.nan))
+    cols = ["frozen", "fine_tuned", "size_label", "size", "per_class", "n", "mean", "ci_low", "ci_high", "replicates",
+            "copied_params"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["frozen", "per_class", "n"], ignore_index=True)
 
 
 @dataclass(frozen=True)

@@ -165,15 +165,18 @@ def plot_filters(panels: Sequence, title: str) -> Figure:
 
 
 def plot_target_sizes(summary: pd.DataFrame, title: str) -> Figure:
-    """Test top-1 against training images per class (log scale): base from scratch in both
-    panels; frozen AnB (left) and fine-tuned AnB+ (right), one line per cut point n."""
-    fig = Figure(figsize=(5.5 * len(AT_TARGET_SIZES), 4.2))
-    axes = np.atleast_1d(fig.subplots(1, len(AT_TARGET_SIZES), sharey=True))
+    """Test top-1 against training images per class (log scale): base from scratch in every
+    panel; one panel per transfer treatment the study ran at several sizes (frozen AnB and
+    fine-tuned AnB+; or PnT, PnT+ and the probe), one line per cut point n."""
+    shown = [t for t in AT_TARGET_SIZES if (summary["role"] == t.role).any()] or list(AT_TARGET_SIZES[:1])
+    fig = Figure(figsize=(5.5 * len(shown), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(shown), sharey=True))
     base = summary.loc[summary["role"] == "base"].sort_values("per_class")
     ns = sorted(set(summary.loc[summary["role"] != "base", "n"]))
     cmap = colormaps["plasma"]
-    panels = [(t.role, f"{t.label}: copied layers {'fine-tuned' if t.fine_tuned else 'frozen'}")
-              for t in AT_TARGET_SIZES]
+    panels = [(t.role, f"{t.label}: " + ("a linear probe on layer n" if t.head == "linear" else
+                                         f"copied layers {'fine-tuned' if t.fine_tuned else 'frozen'}"))
+              for t in shown]
     for ax, (role, name) in zip(axes, panels):
         if not base.empty:
             _band(ax, base["per_class"], base, "black", "base (from scratch)", ls="--")
@@ -187,6 +190,65 @@ def plot_target_sizes(summary: pd.DataFrame, title: str) -> Figure:
         ax.set_title(name, fontsize=10)
         ax.grid(True, color="0.92", lw=0.6, which="both")
     axes[0].set_ylabel("test top-1 (mean; band: 95% CI of base)")
+    _legend(axes[-1])
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_freeze_map(diff: pd.DataFrame, title: str) -> Figure:
+    """Fine-tuned minus frozen test top-1 per cut point n (rows) and target size (columns), one
+    panel per frozen / fine-tuned pair: red where fine-tuning wins, blue where freezing does;
+    each cell gives the mean, and an asterisk where its 95% CI excludes zero."""
+    pairs = list(dict.fromkeys(zip(diff["frozen"], diff["fine_tuned"])))
+    fig = Figure(figsize=(1.6 + 1.25 * max(1, diff["size_label"].nunique()) * max(1, len(pairs)), 3.6),
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(pairs))))
+    means = np.abs(diff["mean"].to_numpy(dtype=float))
+    lim = max(0.02, float(np.nanmax(means))) if np.isfinite(means).any() else 0.02
+    image = None
+    for ax, (frozen, tuned) in zip(axes, pairs):
+        rows = diff.loc[(diff["frozen"] == frozen) & (diff["fine_tuned"] == tuned)]
+        sizes = rows.drop_duplicates("size_label").sort_values("per_class")["size_label"].tolist()
+        ns = sorted(set(rows["n"]))
+        grid = np.full((len(ns), len(sizes)), np.nan)
+        for r in rows.itertuples():
+            i, j = ns.index(r.n), sizes.index(r.size_label)
+            grid[i, j] = r.mean
+            star = "*" if np.isfinite(r.ci_low) and (r.ci_low > 0 or r.ci_high < 0) else ""
+            ax.text(j, i, f"{r.mean:+.3f}{star}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(r.mean) > 0.6 * lim else "black")
+        image = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(len(sizes)), sizes, fontsize=8, rotation=30)
+        ax.set_yticks(range(len(ns)), [f"n={n}" for n in ns], fontsize=8)
+        ax.set_xlabel("target size (training images)")
+        ax.set_title(f"{tuned} - {frozen}", fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="fine-tuned - frozen test top-1")
+    fig.suptitle(title + " (*: 95% CI excludes 0)", fontsize=10)
+    return fig
+
+
+def plot_finetune_curve(diff: pd.DataFrame, title: str) -> Figure:
+    """Fine-tuned minus frozen test top-1 against training images per class (log scale), a line
+    per cut point n with its 95% CI band, labelled with the parameters in the copied layers."""
+    pairs = list(dict.fromkeys(zip(diff["frozen"], diff["fine_tuned"])))
+    fig = Figure(figsize=(6.0 * max(1, len(pairs)), 4.0))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(pairs)), sharey=True))
+    cmap = colormaps["plasma"]
+    for ax, (frozen, tuned) in zip(axes, pairs):
+        rows = diff.loc[(diff["frozen"] == frozen) & (diff["fine_tuned"] == tuned)]
+        ns = sorted(set(rows["n"]))
+        for i, n in enumerate(ns):
+            line = rows.loc[rows["n"] == n].sort_values("per_class")
+            params = line["copied_params"].max()
+            label = f"n={n} ({params / 1e3:,.1f}k copied parameters)" if np.isfinite(params) else f"n={n}"
+            _band(ax, line["per_class"], line, cmap(i / max(1, len(ns) - 1) * 0.85), label)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images per class (log scale)")
+        ax.set_title(f"{tuned} - {frozen}: above 0 fine-tuning wins", fontsize=10)
+        ax.grid(True, color="0.92", lw=0.6, which="both")
+    axes[0].set_ylabel("fine-tuned - frozen test top-1 (band: 95% CI)")
     _legend(axes[-1])
     fig.suptitle(title, fontsize=10)
     return fig

@@ -64,11 +64,17 @@ class ReportMeta:
     metric_note: str = ""
     best_k: int = 10
     extra_lines: tuple[str, ...] = ()
+    #: the paper's design ("split") or a pretrained network transferred to the whole dataset
+    design: str = "split"
+    #: where a pretrained study's network comes from, in words
+    source: str = ""
 
     @property
     def title(self) -> str:
         """One line naming dataset, split, architecture and replicates (figure titles)."""
         replicates = f"{self.replicates} replicate" + ("s" if self.replicates != 1 else "")
+        if self.design == "pretrained":
+            return f"{self.dataset}, from {self.source}, {self.arch}, {replicates}"
         return f"{self.dataset}, split {self.split}, {self.arch}, {replicates}"
 
 
@@ -104,7 +110,7 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
          "![Fig. 3: top-1 accuracy relative to base, paired](fig3.png)\n"),
         (f"## Per-layer table\n\n{legend} Also as [{md_path.name}]({md_path.name}) and "
          f"[{csv_path.name}]({csv_path.name}).\n\n{table}"),
-        _decomposition_section(),
+        _decomposition_section() if meta.design == "split" else "",
         *([s.markdown() for s in analysis.sections] if analysis is not None else []),
         _validation_section(df, meta, cut_points),
         _unfinished_section(df),
@@ -151,7 +157,8 @@ def _study_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[int, ..
     lines = [
         "## Study\n",
         f"- Dataset: {meta.dataset}",
-        f"- Split into tasks A and B: {meta.split}",
+        (f"- Split into tasks A and B: {meta.split}" if meta.design == "split" else
+         f"- Source: the pretrained network P of {meta.source}; target task T: {meta.split}"),
         f"- Architecture: {meta.arch} (L = {meta.num_layers} layers)",
         f"- Replicates: {meta.replicates}",
         f"- Cut points n: {', '.join(map(str, cut_points)) or 'none'}",
@@ -163,7 +170,11 @@ def _study_section(df: pd.DataFrame, meta: ReportMeta, cut_points: tuple[int, ..
         "\nBoth directions are shown under the paper's labels, averaged within each replicate: base covers "
         "baseA and baseB; BnB covers BnB and AnA (selffer, frozen); BnB+ covers BnB+ and AnA+; "
         "AnB covers AnB and BnA (transfer, frozen); AnB+ covers AnB+ and BnA+; random covers "
-        "randomA and randomB (first n layers left at their random initialisation, frozen)."
+        "randomA and randomB (first n layers left at their random initialisation, frozen)." if meta.design == "split"
+        else "\nbase: trained from scratch on T; PnT: layers 1..n copied from P and frozen, the rest re-initialised "
+        "and trained; PnT+: the same with every layer fine-tuned; probe: layers 1..n of P frozen and one linear "
+        "classifier on layer n's features (ridge, fitted in closed form); random: layers 1..n left at their random "
+        "initialisation, frozen. Each replicate draws its own train/validation/test partition and seeds."
     )
     return "\n".join(lines) + "\n"
 

@@ -41,6 +41,8 @@ from transferscope.report.analysis_figures import (
     plot_convergence,
     plot_estimates,
     plot_filters,
+    plot_finetune_curve,
+    plot_freeze_map,
     plot_target_sizes,
     save,
 )
@@ -394,10 +396,13 @@ def _sizes_section(frame: pd.DataFrame, records: list[RunRecord], out: Path, tit
     rows = [[size(r), r.best, _cell(r.mean, r.ci_low, r.ci_high, r.replicates, r.networks),
              interval(r.vs_scratch, r.vs_low, r.vs_high, r.vs_replicates) if r.best != "train from scratch" else MISSING,
              r.verdict, ", ".join(r.indistinguishable) or "none"] for r in recs]
+    ran = [treatment(role) for role in dict.fromkeys(summary["role"]) if not treatment(role).is_base]
     lines = [
         ("At each amount of target training data (the full study is the full size): test top-1 of a base network "
-         "trained from scratch on that data, of AnB (copied layers frozen) and of AnB+ (fine-tuned), both directions "
-         "averaged within each replicate.\n"),
+         "trained from scratch on that data and of " + ", ".join(
+             f"{t.label} ({'a linear probe on frozen layers 1..n' if t.head == 'linear' else 'copied layers ' + ('fine-tuned' if t.fine_tuned else 'frozen')})"
+             for t in ran) + (", both directions averaged within each replicate" if study_design(records) == "split"
+                              else "") + ".\n"),
         ("![Test top-1 against training images per class, frozen and fine-tuned transfer at each cut point against "
          "training from scratch](target_sizes.png)\n"),
         markdown_table(["target size", "best (highest mean)", "test top-1 [95% CI] (replicates, networks)",
@@ -410,7 +415,46 @@ def _sizes_section(frame: pd.DataFrame, records: list[RunRecord], out: Path, tit
          "[target_sizes.csv](target_sizes.csv).\n"),
     ]
     lines.append(_budget_text(runs))
+    lines.append(_map_text(summary))
+    diff = rec.finetune_minus_freeze(runs)
+    if not diff.empty:
+        diff.to_csv(out / "finetune_minus_freeze.csv", index=False)
+        analysis.tables["finetune_minus_freeze"] = diff
+        analysis.figures.append(save(plot_freeze_map(diff, title), out / "freeze_map.png"))
+        analysis.figures.append(save(plot_finetune_curve(diff, title), out / "finetune_curve.png"))
+        lines += [
+            ("**Fine-tune or freeze?** Fine-tuned minus frozen test top-1 at each cut point and target size, paired "
+             "by replicate and target, mean [95% CI] over replicates; the copied layers hold the parameters that "
+             "fine-tuning frees (all cells in [finetune_minus_freeze.csv](finetune_minus_freeze.csv)).\n"),
+            "![Fine-tuned minus frozen, by cut point and target size](freeze_map.png)\n",
+            "![Fine-tuned minus frozen against training images per class](finetune_curve.png)\n",
+            markdown_table(["pair", "target size", "n", "copied parameters", "fine-tuned - frozen [95% CI]"],
+                           [[f"{r.fine_tuned} - {r.frozen}", r.size_label, str(r.n),
+                             f"{r.copied_params:,.0f}" if math.isfinite(r.copied_params) else MISSING,
+                             interval(r.mean, r.ci_low, r.ci_high, int(r.replicates))] for r in diff.itertuples()],
+                           align=":--"),
+        ]
     return Section(name, "\n".join(lines))
+
+
+def _map_text(summary: pd.DataFrame) -> str:
+    """Every candidate at every size: accuracy [95% CI], margin over scratch, what it trains and how
+    long it took."""
+    rows = [[r.size_label, r.candidate, _cell(r.mean, r.ci_low, r.ci_high, int(r.replicates), int(r.networks)),
+             interval(r.vs_scratch, r.vs_low, r.vs_high, int(r.vs_replicates)) if not treatment(r.role).is_base else MISSING,
+             f"{r.trainable_params:,.0f}" if math.isfinite(r.trainable_params) else MISSING,
+             f"{r.train_time_s:.1f}" if math.isfinite(r.train_time_s) else MISSING] for r in summary.itertuples()]
+    return ("**The map.** Every choice at every target size: test top-1 [95% CI] (replicates, networks), its "
+            "margin over training from scratch on the same data (paired, [95% CI] over replicates), the "
+            "parameters it trains and its measured training time per network (mean, seconds; a frozen run "
+            "counts the time to carry its job's shared prefix outputs up to its layer n).\n\n"
+            + markdown_table(["target size", "choice", "test top-1", "margin over scratch", "trainable parameters",
+                              "training time (s)"], rows, align=":--"))
+
+
+def study_design(records: list[RunRecord]) -> str:
+    """The design the records come from: "pretrained" where any run copies the pretrained network."""
+    return "pretrained" if any(treatment(r.role).copies == "pretrained" for r in records) else "split"
 
 
 _BUDGET_RULES = {
