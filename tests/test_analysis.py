@@ -580,6 +580,52 @@ def test_recommendation_by_target_size() -> None:
                             "train from scratch (no transfer treatment has a higher mean)")
 
 
+def test_the_freeze_or_fine_tune_map_against_hand_computation() -> None:
+    """A pretrained study's table of 3 replicates, one target T, two sizes, n = 2: every number of
+    the map computed by hand (t multiplier for 2 degrees of freedom: 4.302653)."""
+    t2 = 4.302652729911275
+    acc = {  # (role, size) -> per replicate test top-1
+        ("base", 5): [0.30, 0.34, 0.32], ("pretrained", 5): [0.50, 0.46, 0.48], ("pretrained+", 5): [0.40, 0.38, 0.45],
+        ("probe", 5): [0.52, 0.50, 0.51], ("base", None): [0.80, 0.82, 0.84],
+        ("pretrained", None): [0.70, 0.69, 0.74], ("pretrained+", None): [0.85, 0.86, 0.84],
+        ("probe", None): [0.66, 0.70, 0.68]}
+    params = {"base": (1000, 1000), "pretrained": (200, 1000), "pretrained+": (1000, 1000), "probe": (50, 850)}
+    rows = []
+    for (role, size), values in acc.items():
+        for r, v in enumerate(values):
+            trainable, total = params[role]
+            rows.append({"key": f"{role}{r}{size}", "replicate": r, "role": role, "target": "T",
+                         "n": 0 if role == "base" else 2, "status": "done", "test_top1": v, "target_size": size,
+                         "train_images": 50 if size else 300, "trainable_params": trainable, "total_params": total,
+                         "wall_time_s": 1.0 + r + (role == "pretrained+")})
+    runs = rec.size_runs(pd.DataFrame(rows), {(r, "T"): 10 for r in range(3)})
+    summary = rec.size_summary(runs).set_index(["size_label", "role"])
+    cell = summary.loc[("5 per class", "pretrained")]
+    assert cell["mean"] == pytest.approx(0.48) and cell["per_class"] == 5.0
+    sd = np.std([0.50, 0.46, 0.48], ddof=1)
+    assert (cell["ci_low"], cell["ci_high"]) == pytest.approx((0.48 - t2 * sd / 3**0.5, 0.48 + t2 * sd / 3**0.5))
+    margin = np.array([0.50, 0.46, 0.48]) - np.array([0.30, 0.34, 0.32])
+    assert cell["vs_scratch"] == pytest.approx(margin.mean())
+    assert cell["vs_high"] - cell["vs_scratch"] == pytest.approx(t2 * margin.std(ddof=1) / 3**0.5)
+    assert cell["trainable_params"] == 200 and cell["train_time_s"] == pytest.approx(2.0)
+    assert summary.loc[("full", "pretrained+"), "train_time_s"] == pytest.approx(3.0)
+    assert summary.loc[("5 per class", "probe"), "candidate"] == "probe n=2 (linear probe)"
+    diff = rec.finetune_minus_freeze(runs).set_index("size_label")
+    assert list(diff["frozen"]) == ["PnT", "PnT"] and list(diff["fine_tuned"]) == ["PnT+", "PnT+"]
+    for label, size in (("5 per class", 5), ("full", None)):
+        d = np.array(acc["pretrained+", size]) - np.array(acc["pretrained", size])
+        row = diff.loc[label]
+        assert row["mean"] == pytest.approx(d.mean()) and row["replicates"] == 3 and row["n"] == 2
+        assert row["ci_high"] - row["mean"] == pytest.approx(t2 * d.std(ddof=1) / 3**0.5)
+        assert row["copied_params"] == 800  # total - trainable of the frozen runs
+    # small data: freezing wins (-0.07 [-0.19, +0.05]), the data cannot tell; full data: fine-tuning (+0.14)
+    assert diff.loc["5 per class", "mean"] == pytest.approx(-0.07, abs=1e-9)
+    assert diff.loc["full", "ci_low"] > 0
+    recs = {r.size_label: r for r in rec.recommend(runs)}
+    assert recs["5 per class"].best == "probe n=2 (linear probe)" and recs["full"].best == "PnT+ n=2 (fine-tune)"
+    assert recs["5 per class"].verdict == "better than training from scratch"
+
+
 # ------------------------------------------------------------------------------- tiny study
 
 
