@@ -383,6 +383,8 @@ def test_datasets_and_models_commands():
     ms = runner.invoke(app, ["models"])
     assert ms.exit_code == 0 and re.search(r"^convnet\s+\S", ms.stdout, re.MULTILINE)
     assert re.search(r"options: .*'widths'", ms.stdout)
+    assert re.search(r"^timm/<name>\s+any timm model", ms.stdout, re.MULTILINE)
+    assert "e.g. timm/resnet18: act1, layer1, layer2, layer3, layer4, head" in ms.stdout
 
 
 def test_a_study_with_no_runs_yet(study_dir, tmp_path):

@@ -199,7 +199,12 @@ def datasets() -> None:
 def models() -> None:
     """The registered architectures: their layers (cut points) and options."""
 
-    for name, desc in list_models().items():
+    for name, desc in list_models(families=True).items():
+        if name.endswith("<name>"):  # a family: its layers depend on the member
+            example = name.replace("<name>", "resnet18")
+            typer.echo(f"{name:<20} {desc}\n{'':<20} layers: the member's stages, e.g. {example}: "
+                       f"{', '.join(layer_names(example))}\n{'':<20} options: {model_options(example)}")
+            continue
         names = layer_names(name)
         typer.echo(f"{name:<20} {desc}\n{'':<20} layers: {', '.join(f'{i}={n}' for i, n in enumerate(names, 1))}; "
                    f"cut points 1..{len(names) - 1} (at 32x32 RGB input, default options)\n"
