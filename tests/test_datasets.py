@@ -876,3 +876,12 @@ def test_every_loader_sets_a_fingerprint_and_hand_built_data_gets_one(tmp_path):
         ImageData(torch.tensor([0, 1]), ("a", "b"), reader=Reader())
     reader = images.FileReader([str(p) for p in sorted((tmp_path / "cache").glob("*.json"))], "L", None, (1, 2, 2))
     assert len(ImageData(torch.zeros(len(reader), dtype=torch.long), ("a",), reader=reader).fingerprint) == 24
+
+
+def test_digits_honour_image_size():
+    """data.image_size resizes the bundled digits like any array dataset (it was once ignored)."""
+    native, big = load_dataset(DataConfig(dataset="digits")), load_dataset(DataConfig(dataset="digits", image_size=16))
+    assert native.x.shape == (1797, 1, 8, 8) and big.x.shape == (1797, 1, 16, 16)
+    assert torch.equal(big.y, native.y) and big.fingerprint != native.fingerprint
+    # the same resize as every array dataset: torchvision's antialiased bilinear on the native pixels
+    assert torch.equal(big.x, images.resize_crop_tensor(native.x, 16))
