@@ -238,6 +238,9 @@ def reading(df: pd.DataFrame, convergence=None, comparison: Comparison | None = 
     rel = relative(done)
     out = [s for s in (_specificity(rel), _coadaptation(rel), _finetune(done, rel),
                        _frozen(rel, "AnB", "Frozen transferred features"),
+                       _frozen(rel, "PnT", "Frozen pretrained features"),
+                       _frozen(rel, "PnT+", "Pretrained, fine-tuned"),
+                       _frozen(rel, "probe", "A linear probe on the pretrained features"),
                        _frozen(rel, "random", "Frozen random features"), head_start(rel)) if s]
     if convergence is not None and convergence.assessable:
         full = convergence.networks.loc[convergence.networks["target_size"].isna()]

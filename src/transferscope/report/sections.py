@@ -584,13 +584,19 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
             analysis.sections.append(section)
 
     attempt("convergence", lambda: _convergence_section(records, study, done, out, title, analysis))
+    if study.config.design == "pretrained":  # these read the two base networks of the paper's design
+        analysis.notes.append("CKA, the predicted curve and the first-layer filters compare a study's own base "
+                              "networks A and B; a study from a pretrained network has one base network, and "
+                              "these analyses do not read the pretrained network P yet: not computed")
+        cka = estimate = False
     if cka:
         attempt("CKA", lambda: _cka_section(store, study, full, out, title, analysis, cka_batch_size, max_images),
                 images=True)
     if estimate:
         attempt("estimate", lambda: _estimate_section(store, study, full, out, title, analysis, max_features),
                 images=True)
-    attempt("filters", lambda: _filters_section(store, study, full, out, title, analysis))
+    if study.config.design == "split":
+        attempt("filters", lambda: _filters_section(store, study, full, out, title, analysis))
     attempt("target sizes", lambda: _sizes_section(frame, records, out, title, analysis))
     if compare is not None:
         def comparison() -> Section:
