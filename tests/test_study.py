@@ -155,7 +155,9 @@ def test_target_sizes_repeat_the_transfer_treatments_on_less_data(tmp_path):
     steps = int(f.loc[f["key"] == "r0-baseB", "budget_steps"].iloc[0])
     assert re.search(r"Training budget: each network on reduced target data trained for as many optimisation steps "
                      r".*size_budget = \"steps\".*3 per class: \d+ epochs, " + str(steps) + r" steps; 25%: \d+ "
-                     r"epochs, " + str(steps) + r" steps; full: 1 epochs, " + str(steps) + r" steps\.", report), report
+                     r"epochs, " + str(steps) + r" steps; full: 1 epochs, (\d+-)?" + str(steps) + r" steps\.", report), report
+    # (on all their data, baseA and the runs on task B train one epoch of their own task's images: task A may
+    # hold fewer, so fewer steps, "6-7 steps")
 
 
 BUDGET_STUDY = [*TINY, "treatments.cut_points=[1]", "treatments.target_sizes=[0.25, 3]", 'treatments.targets=["B"]',
