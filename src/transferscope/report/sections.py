@@ -469,7 +469,8 @@ _BUDGET_RULES = {
 def _budget_text(runs: pd.DataFrame) -> str:
     """How long the networks of each target size trained, as their records say: the comparison
     depends on it."""
-    recorded = runs.dropna(subset=["budget_rule"]) if "budget_rule" in runs else runs.iloc[0:0]
+    trained = runs.loc[[treatment(role).head == "layers" for role in runs["role"]]]  # a probe takes no steps
+    recorded = trained.dropna(subset=["budget_rule"]) if "budget_rule" in trained else trained.iloc[0:0]
     if recorded.empty:
         return ("The training budget of these runs is not recorded (they predate it: every size then trained for "
                 "`train.epochs` epochs).\n")
@@ -482,8 +483,8 @@ def _budget_text(runs: pd.DataFrame) -> str:
     sizes = sorted(recorded.groupby("size_label", sort=False), key=lambda item: item[1]["per_class"].mean())
     per_size = "; ".join(f"{label}: {span(g['budget_epochs'])} epochs, {span(g['budget_steps'])} steps"
                          for label, g in sizes)
-    missing = len(runs) - len(recorded)
-    return ("Training budget: " + "; ".join(rules) + f". Per network, by target size: {per_size}."
+    missing = len(trained) - len(recorded)
+    return ("Training budget: " + "; ".join(rules) + f". Per network trained by SGD, by target size: {per_size}."
             + (f" {missing} of these runs have no recorded budget." if missing else "") + "\n")
 
 
