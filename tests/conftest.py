@@ -14,6 +14,17 @@ def tiny_study() -> Study:
     return Study.prepare(load_config(None, TINY))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is faster, and much faster on a busy machine; the module's
+    tests run with it and the thread count is restored after (a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build_network(study, spec, sources):
     """The network a run starts from, with ``sources`` (trained CutNets by key) as its donors."""
     from transferscope.runner import Runner

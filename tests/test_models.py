@@ -30,13 +30,7 @@ BIG = {"resnet50", "vgg11_bn", "alexnet", "vit_b_16"}
 _built: dict[tuple[str, int, int], CutNet] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(arch: str, seed: int = 0, num_classes: int = 3) -> CutNet:

@@ -64,12 +64,7 @@ def assert_bitwise(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) 
         assert torch.equal(v.view(torch.uint8), w.view(torch.uint8)) if v.is_floating_point() else torch.equal(v, w), k
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------ the source study (kind "study")

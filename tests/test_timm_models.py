@@ -24,12 +24,7 @@ IDS = [t[0] for t in TIMM]
 SHAPE = (3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def both(name: str, options: dict, num_classes: int = 5, seed: int = 3):
