@@ -25,7 +25,7 @@ def table(directory):
 
 def test_one_worker_and_two_workers_give_identical_records(tmp_path):
     one = run_study(load_config(None, [*STUDY, "execution.workers=1"]), tmp_path / "one", progress=False, report=False)
-    two = run_study(load_config(None, [*STUDY, "execution.workers=2"]), tmp_path / "two", progress=False, report=False)
+    run_study(load_config(None, [*STUDY, "execution.workers=2"]), tmp_path / "two", progress=False, report=False)
     assert len(one.frame) == 2 + 2 * 2 * 5
     # exact: the same kernels with the same thread count (execution.threads) in every worker
     assert table(tmp_path / "one").equals(table(tmp_path / "two"))

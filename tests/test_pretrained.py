@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from transferscope import load_config, run_study
+from transferscope.models.inputs import InputAdapter
 from transferscope.models.registry import create_model
 from transferscope.runner import Runner
 from transferscope.store import Store
@@ -128,6 +129,28 @@ def test_the_plan_and_records_of_a_study_from_another_studys_base_network(pretra
         assert 0 < r.metrics["probe_ridge"] and 0 <= r.test_top1 <= 1
 
 
+def test_the_report_reads_the_map_from_the_records(pretrained):
+    """The report of a pretrained study: its map's cells are the records' test top-1 (one replicate:
+    the mean is the value), and no sentence speaks of the split design's two directions."""
+    from transferscope.driver import write_study_report
+    from transferscope.report.tables import REPLICATE_UNIT
+
+    _, out, _ = pretrained
+    text = write_study_report(Store(out)).read_text()
+    recs = records(out)
+    assert "direction" not in text.lower()
+    assert REPLICATE_UNIT["pretrained"] in text
+    assert "\nInput: 8x8 images standardised by the target's own mean and std.\n" in text
+    the_map = text.split("**The map.**")[1].split("\n\n", 2)[1]
+    cells = {(row[1].strip(), row[2].strip()): row[3].strip()
+             for row in (line.split("|") for line in the_map.splitlines()[2:])}
+    for key, size in (("r0-PnT-n2", "full"), ("r0-PnT+-n1-s10pc", "10 per class"), ("r0-baseT", "full")):
+        r = recs[key]
+        choice = next(c for (sz, c) in cells if sz == size and c.startswith(
+            "train from scratch" if r.role == "base" else f"{r.treatment} n={r.n} "))
+        assert cells[size, choice].startswith(f"{r.test_top1:.3f} (1 rep"), (key, cells[size, choice])
+
+
 def test_resuming_the_same_command_trains_nothing_again(pretrained):
     overrides, out, _ = pretrained
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted((out / "runs").iterdir())}
@@ -228,7 +251,8 @@ def file_study(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     state = write(root / name)
     overrides = [*QUICK, f"source.kind={kind}", f"source.path={root / name}", f"model.arch={arch}",
-                 "treatments.cut_points=[1,2]", "data.train_per_class=10"]
+                 "treatments.cut_points=[1,2]", "data.train_per_class=10",
+                 "model.options={min_size=32}"]  # not the weights' 224 px: 49 times cheaper
     result = study_run(overrides, root / "out")
     return overrides, root / "out", result, state
 
@@ -254,6 +278,36 @@ def test_a_study_from_a_weights_file(file_study):
     # the rest of P is not read: layers 3.. are the network's own initialisation
     third = next(k for k in source.state_dict() if k.startswith("blocks.2.") and k.endswith("weight"))
     assert not torch.equal(source.state_dict()[third], state[names[third]])
+
+
+def adapter(net: torch.nn.Module) -> InputAdapter:
+    return next(m for m in net.modules() if isinstance(m, InputAdapter))
+
+
+@pytest.mark.parametrize(("kind", "arch", "write", "option", "side"), [
+    ("checkpoint", "resnet18", write_torchvision_resnet18, "min_size", 224),
+    ("timm", "timm/resnet18", write_timm_resnet18, "min_size", 224)])
+def test_the_input_side_follows_the_weights_unless_overridden(tmp_path, kind, arch, write, option, side):
+    """A checkpoint or timm source sees the digits (8x8) at the side its weights were trained at
+    (torchvision's ImageNet crop, timm's pretrained_cfg); model.options sets another; a network
+    trained here (source.kind = "study", or the split design) keeps the architecture's default."""
+    write(tmp_path / "w.safetensors")
+    base = [*QUICK, f"source.kind={kind}", f"source.path={tmp_path / 'w.safetensors'}", f"model.arch={arch}",
+            "treatments.cut_points=[1]"]
+    study = Study.prepare(load_config(None, base))
+    assert study.model_options == {option: side} and study.input_config["input_size"][-1] == side
+    assert study.input_words().startswith(f"8x8 images upsampled to a shorter side of at least {side} px "
+                                          f"(model.options.{option} unset: the side the weights were trained at")
+    with torch.device("meta"):
+        assert adapter(study.network(0, "T")).size == (side, side)
+    own = Study.prepare(load_config(None, [*base, f"model.options={{{option}=40}}"]))
+    assert own.model_options == {option: 40}
+    with torch.device("meta"):
+        assert adapter(own.network(0, "T")).size == (40, 40)
+    split = Study.prepare(load_config(None, [*QUICK, f"model.arch={arch}", "treatments.cut_points=[1]"]))
+    assert split.model_options == {}
+    with torch.device("meta"):
+        assert adapter(split.network(0, "A")).size == (32, 32)  # the builders' min_size default
 
 
 # ------------------------------------------------------------------------------------ bad inputs, CLI
@@ -286,13 +340,11 @@ def refusals(base_dir, tmp_path_factory):
                                ["source.run: 'r0-randomA-n1' is a randomA run, not a base network", str(base_dir),
                                 "r0-baseA, r0-baseB"]),
     }
-    env = {**os.environ, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "Haswell")}
     procs = {}
     for i, (case, (overrides, _)) in enumerate(cases.items()):
         out = root / f"out{i}"
         args = [str(CLI), "run", "-q", "-o", str(out), *(a for o in overrides for a in ("--set", o))]
-        procs[case] = (out, subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True))
+        procs[case] = (out, subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     done = {}
     for case, (out, proc) in procs.items():
         stdout, stderr = proc.communicate(timeout=300)

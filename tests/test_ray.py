@@ -40,19 +40,24 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_reference(tmp_path_factory):
+def local_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
     run_study(load_config(None, [*STUDY, "execution.workers=1"]), out, progress=False, report=False)
-    return table(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_reference(local_dir):
+    return table(local_dir)
 
 
 def table(directory):
     return load_results(str(directory))[COLS].sort_values("key").reset_index(drop=True)
 
 
-def cli(out, address, *extra):
+def cli(out, address, *extra, study=STUDY):
     return [str(BIN / "transferscope"), "run", "-o", str(out), "-q", "--executor", "ray", "--address", address,
-            *[f"--set={s}" for s in STUDY], *extra]
+            *[f"--set={s}" for s in study], *extra]
 
 
 def ray_job_pids() -> list[int]:
@@ -73,6 +78,17 @@ def test_ray_study_equals_the_local_executor(cluster, local_reference, tmp_path)
     assert res.returncode == 0, res.stderr
     assert table(tmp_path).equals(local_reference)
     assert (tmp_path / "weights" / "r0-baseA.safetensors").exists()  # recorded by the driver
+
+
+def test_a_study_from_a_pretrained_network_on_ray_equals_the_local_executor(cluster, local_dir, tmp_path):
+    """Every Ray worker reads the source (here the local study's base network r0-baseA) itself."""
+    study = [*STUDY, "source.kind=study", f"source.study={local_dir}", "source.run=r0-baseA"]
+    run_study(load_config(None, [*study, "execution.workers=1"]), tmp_path / "local", progress=False, report=False)
+    res = subprocess.run(cli(tmp_path / "ray", cluster, study=study), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    reference = table(tmp_path / "local")
+    assert set(reference["key"]) >= {"r0-baseT", "r0-PnT-n2", "r0-PnT+-n1", "r0-probeT-n2", "r0-randomT-n1"}
+    assert (reference["status"] == "done").all() and table(tmp_path / "ray").equals(reference)
 
 
 def test_a_killed_ray_worker_is_retried_and_every_run_recorded_once(cluster, local_reference, tmp_path):

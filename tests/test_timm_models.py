@@ -65,7 +65,8 @@ def test_foreign_names_are_timms_and_only_the_head_depends_on_num_classes(name, 
     classifier = next(k for k, f in net.foreign_names.items() if f == cfg["classifier"] + ".weight")
     assert classifier.startswith(f"blocks.{net.num_layers - 1}.") and ours[classifier].shape[0] == 5
     assert net.input_config == {"input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]),
-                                "std": tuple(cfg["std"]), "interpolation": cfg["interpolation"]}
+                                "std": tuple(cfg["std"]), "interpolation": cfg["interpolation"],
+                                "size_option": "img_size" if "vit" in name else "min_size"}
     assert net.input_config["input_size"] == (3, 224, 224)
 
 
@@ -119,6 +120,7 @@ def test_torchvision_networks_know_torchvisions_names():
     assert net.foreign_names.keys() == net.state_dict().keys() and sorted(net.foreign_names.values()) == sorted(theirs)
     assert net.foreign_names["blocks.0.conv1.weight"] == "conv1.weight"
     assert net.foreign_names["blocks.5.fc.bias"] == "fc.bias"
-    assert net.input_config == IMAGENET_INPUT and net.input_config["mean"] == (0.485, 0.456, 0.406)
+    assert net.input_config == {**IMAGENET_INPUT, "size_option": "min_size"}
+    assert net.input_config["mean"] == (0.485, 0.456, 0.406)
     assert create_model("resnet18", 3, (3, 32, 32)).foreign_names["blocks.1.0.bn1.running_mean"] == "layer1.0.bn1.running_mean"
     assert create_model("convnet", 3, (3, 8, 8)).input_config is None

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from transferscope.errors import UserError
-from transferscope.models import create_model
 from transferscope.runner import is_source, keeps_weights
 from transferscope.treatments import RunSpec
 
@@ -69,9 +68,8 @@ def gb(n: float) -> str:
 
 def network_bytes(study: Study, spec: RunSpec, bytes_per_value: int) -> int:
     """The size of ``spec``'s network's state dict at ``bytes_per_value`` per floating value."""
-    m = study.config.model
     with torch.device("meta"):
-        net = create_model(m.arch, len(study.split(spec.replicate).classes(spec.target)), study.image_shape, m.options)
+        net = study.network(spec.replicate, spec.target)
     return HEADER_BYTES + sum(t.numel() * (bytes_per_value if t.is_floating_point() else t.element_size())
                               for t in net.state_dict().values())
 

@@ -271,6 +271,7 @@ def write_study_report(store: Store, study: Study | None = None, compare: str | 
                      + "".join(f" {BY_NAME[n].label} re-estimates the frozen layers' BatchNorm statistics on the "
                                "target task's training images first (AdaBN), then keeps them fixed."
                                for n in cfg.treatments.names if BY_NAME[n].bn_stats == "target"),
+                     *([f"Input: {study.input_words()}."] if cfg.design == "pretrained" else []),
                      *([f"{len(skipped)} unreadable image file(s) skipped (data.skip_corrupt): "
                         + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")] if skipped else [])),
     )

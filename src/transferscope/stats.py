@@ -60,8 +60,8 @@ SUMMARY_COLUMNS = ["treatment", "role", "n", *INTERVAL_COLUMNS]
 RELATIVE_COLUMNS = ["quantity", "n", *INTERVAL_COLUMNS]
 
 INTERVAL_METHOD = (
-    "95% CI: a Student-t interval over replicates (each replicate one value, the mean of its two "
-    "directions), truncated to [0, 1] for accuracies and [-1, 1] for differences"
+    "95% CI: a Student-t interval over replicates (each replicate one value), truncated to [0, 1] for "
+    "accuracies and [-1, 1] for differences"
 )
 
 

@@ -36,6 +36,22 @@ def describe_data(data: ImageData) -> dict[str, Any]:
             "per_class": dict(zip(data.class_names, counts)), "skipped": list(data.skipped)}
 
 
+def fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def network_options(config: StudyConfig, input_config: dict[str, Any] | None) -> dict[str, Any]:
+    """``model.options`` completed for the study's source: a checkpoint or timm network sees its
+    inputs at the side it was trained at (``input_config``: 224 for torchvision's ImageNet weights,
+    timm's ``pretrained_cfg``), unless the options set that side themselves (``min_size``,
+    ``image_size`` or ``img_size``, whichever the architecture takes)."""
+    options = dict(config.model.options)
+    size_option = (input_config or {}).get("size_option")
+    if config.source.kind in ("checkpoint", "timm") and size_option and size_option not in options:
+        options[size_option] = int(input_config["input_size"][-1])  # type: ignore[index]
+    return options
+
+
 @dataclass
 class Study:
     """A configuration bound to its data: the class splits, tasks and plan of runs.
@@ -50,6 +66,8 @@ class Study:
     num_layers: int
     cut_points: tuple[int, ...]
     plan: list[RunSpec]
+    #: ``model.options`` as every network of the study is built with them (:func:`network_options`)
+    model_options: dict[str, Any]
     missing: str | None = None
     #: the architecture's pretrained input configuration (``CutNet.input_config``: mean, std, size)
     input_config: dict[str, Any] | None = None
@@ -93,14 +111,17 @@ class Study:
         shape = tuple(info["image_shape"])
         with torch.device("meta"):  # the layer structure only: no weights allocated
             probe = create_model(config.model.arch, 2, shape, config.model.options)
+            options = network_options(config, probe.input_config)
+            if options != config.model.options:
+                probe = create_model(config.model.arch, 2, shape, options)
         if config.treatments.cut_points == "all":
             cuts = tuple(probe.cut_points)
         else:
             cuts = tuple(sorted(set(config.treatments.cut_points)))
             for n in cuts:
                 check_cut(probe, n, config.model.arch)
-        study = cls(config, data, info, probe.num_layers, cuts, build_plan(config, cuts), missing,
-                    getattr(probe, "input_config", None))
+        study = cls(config, data, info, probe.num_layers, cuts, build_plan(config, cuts), options, missing,
+                    probe.input_config)
         names = tuple(info["class_names"])
         for r, saved in (splits or {}).items():
             study._splits[r] = ClassSplit(tuple(saved["A_indices"]), tuple(saved["B_indices"]), names,
@@ -184,10 +205,14 @@ class Study:
                      order=training.order, augment=training.augment, dropout=training.dropout,
                      split=split_seed(self.config.split, spec.replicate) if self.config.design == "split" else None)
 
+    def network(self, replicate: int, task: str, init_seed: int = 0) -> CutNet:
+        """A network of the study's architecture and options with a head for ``task``'s classes
+        (the one place one is built; under ``torch.device("meta")`` it allocates no weights)."""
+        return create_model(self.config.model.arch, len(self.split(replicate).classes(task)), self.image_shape,
+                            self.model_options, init_seed=init_seed)
+
     def new_network(self, spec: RunSpec, task: str, seed_key: str) -> CutNet:
-        m = self.config.model
-        return create_model(m.arch, len(self.split(spec.replicate).classes(task)), self.image_shape,
-                            m.options, init_seed=derive_seed("init", self.config.seed, seed_key))
+        return self.network(spec.replicate, task, derive_seed("init", self.config.seed, seed_key))
 
     def pretrained_weights(self, net: CutNet) -> dict[str, torch.Tensor]:
         """Layers 1..(the highest cut point) of the study's pretrained network (``[source]``), in
@@ -201,10 +226,25 @@ class Study:
         """Read the pretrained network's layers 1..(highest cut point) into a network of the study's
         architecture (no weights allocated), so a missing, unreadable or mismatched source ends
         the command with its one-line UserError rather than failing every run that copies it."""
-        m = self.config.model
         with torch.device("meta"):
-            net = create_model(m.arch, len(self.split(0).classes("T")), self.image_shape, m.options)
+            net = self.network(0, "T")
         self.pretrained_weights(net)
+
+    def input_words(self) -> str:
+        """How images reach the network: standardised by what, at what side (for the run header
+        and the report of a study from pretrained weights)."""
+        cfg, s = self.input_config, self.config.source
+        size_option = (cfg or {}).get("size_option")
+        side = self.model_options.get(size_option) if size_option else None
+        shape = "x".join(map(str, self.image_shape[1:]))
+        if s.kind not in ("checkpoint", "timm") or not cfg:
+            return f"{shape} images standardised by the target's own mean and std"
+        given = size_option in self.config.model.options
+        resized = (f"upsampled to a shorter side of at least {side} px" if size_option == "min_size"
+                   else f"resized to {side}x{side} px")
+        return (f"{shape} images {resized} (model.options.{size_option}"
+                + (")" if given else " unset: the side the weights were trained at; set it to override)")
+                + f", standardised by the weights' mean {fmt(cfg['mean'])} and std {fmt(cfg['std'])}")
 
     @property
     def flip(self) -> bool:
@@ -221,6 +261,7 @@ class Study:
             lines.append(f"  source: the pretrained network of source.kind = {src.kind!r} ("
                          + (f"{src.study}, run {src.run}" if src.kind == "study" else src.path or "timm's local cache")
                          + f"); target T: {self.split(0).description}")
+            lines.append(f"  input: {self.input_words()}")
             return "\n".join(lines)
         for r in range(t.replicates):
             s = self.split(r)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from transferscope.data.augment import normalize
 from transferscope.data.tasks import AnyPart, Part, Task
 from transferscope.errors import UserError
-from transferscope.models import CutNet, create_model
+from transferscope.models import CutNet
 from transferscope.store import Store
 
 
@@ -48,18 +48,14 @@ def load_network(store: Store, study, key: str, replicate: int, task: str,
     """The network recorded as ``key``, trained on ``task`` of ``replicate``, in eval mode."""
     if not store.weights_path(key).is_file():
         raise UserError(f"{store.weights_path(key)}: no weights recorded for {key}")
-    cfg = study.config.model
-    num_classes = len(study.split(replicate).classes(task))
-    net = create_model(cfg.arch, num_classes, study.image_shape, cfg.options)
+    net = study.network(replicate, task)
     net.load_state_dict(store.load_weights(key))
     return net.to(device).eval()
 
 
 def random_network(study, replicate: int, task: str, seed: int = 0) -> CutNet:
     """An untrained network of the study's architecture (for controls)."""
-    cfg = study.config.model
-    return create_model(cfg.arch, len(study.split(replicate).classes(task)), study.image_shape, cfg.options,
-                        init_seed=seed).eval()
+    return study.network(replicate, task, init_seed=seed).eval()
 
 
 def part_images(part: AnyPart, max_images: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

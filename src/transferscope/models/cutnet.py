@@ -26,7 +26,9 @@ class CutNet(nn.Module):
         #: the key the same tensor has in that model's ``state_dict()``, so its checkpoints load here
         self.foreign_names: dict[str, str] = {}
         #: the input the library's pretrained weights expect: ``{"input_size": (C, H, W), "mean": ...,
-        #: "std": ..., "interpolation": ...}``; None for a network of our own
+        #: "std": ..., "interpolation": ..., "size_option": ...}``, where ``size_option`` names the
+        #: builder option that sets the input side (a study from pretrained weights fills it with
+        #: ``input_size``'s side unless the user set it); None for a network of our own
         self.input_config: dict | None = None
 
     def adopt_foreign_names(self, original: nn.Module) -> None:

@@ -146,7 +146,8 @@ def from_timm(model: nn.Module, image_shape: tuple[int, int, int], min_size: int
     net.adopt_foreign_names(model)
     cfg = model.pretrained_cfg
     net.input_config = {"input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]),
-                        "std": tuple(cfg["std"]), "interpolation": cfg.get("interpolation", "bicubic")}
+                        "std": tuple(cfg["std"]), "interpolation": cfg.get("interpolation", "bicubic"),
+                        "size_option": "img_size" if isinstance(model, VisionTransformer) else "min_size"}
     return net
 
 

@@ -133,7 +133,8 @@ def from_torchvision(model: nn.Module, image_shape: tuple[int, int, int], min_si
     torchvision's keys, its :attr:`~CutNet.input_config` torchvision's ImageNet preprocessing."""
     net = _blocks(model, image_shape, min_size)
     net.adopt_foreign_names(model)
-    net.input_config = dict(IMAGENET_INPUT)
+    net.input_config = {**IMAGENET_INPUT,
+                        "size_option": "image_size" if isinstance(model, tvm.VisionTransformer) else "min_size"}
     return net
 
 

@@ -78,7 +78,8 @@ def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> F
     for role in _FIG2_ROLES:
         _mean_line(bottom, summary.loc[summary["role"] == role], role, ROLE_LABELS[role])
 
-    top.set_title("Each marker is one network (both directions pooled)", fontsize=10)
+    pooled = done["target"].nunique() > 1  # the split design's two directions, drawn together
+    top.set_title("Each marker is one network" + (" (both directions pooled)" if pooled else ""), fontsize=10)
     bottom.set_title("Mean per treatment over replicates, shaded 95% CI over replicates", fontsize=10)
     for ax in (top, bottom):
         ax.set_ylabel(Y_LABEL)

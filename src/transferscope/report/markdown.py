@@ -23,6 +23,7 @@ from transferscope.stats import (
 )
 from transferscope.report.tables import (
     MISSING_CELL,
+    REPLICATE_UNIT,
     format_cell,
     row_label,
     write_tables,
@@ -98,7 +99,7 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
     cut_points = observed_cut_points(done, meta.cut_points)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_figures(done, out_dir, meta.title, cut_points)
-    csv_path, md_path, table, legend = write_tables(done, out_dir, cut_points)
+    csv_path, md_path, table, legend = write_tables(done, out_dir, cut_points, meta.design)
 
     sections = [
         f"# Transferability of features: {meta.dataset}\n",
@@ -184,8 +185,7 @@ def _metric_section(meta: ReportMeta) -> str:
         "## Metric\n\n"
         f"The headline metric is top-1 accuracy on the test set (`{HEADLINE_METRIC}`) of each "
         "network's final model, evaluated once after training. Intervals: the "
-        f"{INTERVAL_METHOD}. The replicate is the independent unit because the two directions of a "
-        "replicate share its class split and base networks. The paper's own metric, the "
+        f"{INTERVAL_METHOD}. {REPLICATE_UNIT[meta.design]} The paper's own metric, the "
         f"mean of the {meta.best_k} best validation scores seen during training "
         f"(`{VALIDATION_METRIC}`), is optimistic because the same data selects and scores; it is "
         "shown only as a secondary table below."

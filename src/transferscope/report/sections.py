@@ -397,19 +397,20 @@ def _sizes_section(frame: pd.DataFrame, records: list[RunRecord], out: Path, tit
              interval(r.vs_scratch, r.vs_low, r.vs_high, r.vs_replicates) if r.best != "train from scratch" else MISSING,
              r.verdict, ", ".join(r.indistinguishable) or "none"] for r in recs]
     ran = [treatment(role) for role in dict.fromkeys(summary["role"]) if not treatment(role).is_base]
+    split = study_design(records) == "split"
     lines = [
         ("At each amount of target training data (the full study is the full size): test top-1 of a base network "
          "trained from scratch on that data and of " + ", ".join(
              f"{t.label} ({'a linear probe on frozen layers 1..n' if t.head == 'linear' else 'copied layers ' + ('fine-tuned' if t.fine_tuned else 'frozen')})"
-             for t in ran) + (", both directions averaged within each replicate" if study_design(records) == "split"
-                              else "") + ".\n"),
+             for t in ran) + (", both directions averaged within each replicate" if split else "") + ".\n"),
         ("![Test top-1 against training images per class, frozen and fine-tuned transfer at each cut point against "
          "training from scratch](target_sizes.png)\n"),
         markdown_table(["target size", "best (highest mean)", "test top-1 [95% CI] (replicates, networks)",
                 "margin over scratch, paired [95% CI]", "against scratch", "not distinguishable from the best"],
                rows, align=":--"),
-        ("The margin is paired by replicate and target; every interval is over replicates (the mean of the two "
-         "directions of each). \"Not distinguishable from the best\": alternatives whose "
+        ("The margin is paired by replicate and target; every interval is over replicates"
+         + (" (the mean of the two directions of each)" if split else "") + ". \"Not distinguishable from the best\": "
+         "alternatives whose "
          "paired difference to the best has a 95% CI including 0 (or fewer than 2 replicates). The best is chosen on the "
          "same test accuracies, so its margin is optimistic when candidates are close. All cells in "
          "[target_sizes.csv](target_sizes.csv).\n"),

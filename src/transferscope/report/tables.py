@@ -27,14 +27,23 @@ SECTIONS = ("accuracy", "relative", "decomposition")
 TABLE_COLUMNS = ["section", "quantity", "n", "mean", "ci_low", "ci_high", "replicates", "networks", "p"]
 MISSING_CELL = MISSING
 
-TABLE_LEGEND = (
-    "Cells: mean [95% CI] (replicates, networks). The replicate (one class split with its seeds) is "
-    "the independent unit: both directions of a replicate share its base networks, so each "
-    "replicate counts once, as the mean of its directions. "
-    f"{INTERVAL_METHOD}; no interval with one replicate; {MISSING_CELL} where no network finished. "
-    "Rows \"X - base\" are paired by replicate and task. Intervals are per cell: "
-    "read across cut points, about one in twenty excludes zero by chance where nothing differs."
-)
+#: what a replicate is, and why it is the independent unit, by study design
+REPLICATE_UNIT = {
+    "split": ("The replicate (one class split with its seeds) is the independent unit: both directions of a "
+              "replicate share its base networks, so each replicate counts once, as the mean of its directions."),
+    "pretrained": ("The replicate (one partition of the target data into training, validation and test images, "
+                   "with its seeds) is the independent unit: its networks share that partition and its base "
+                   "network, so each replicate counts once."),
+}
+
+
+def table_legend(design: str = "split") -> str:
+    return (f"Cells: mean [95% CI] (replicates, networks). {REPLICATE_UNIT[design]} "
+            f"{INTERVAL_METHOD}; no interval with one replicate; {MISSING_CELL} where no network finished. "
+            "Rows \"X - base\" are paired by replicate and task. Intervals are per cell: "
+            "read across cut points, about one in twenty excludes zero by chance where nothing differs.")
+
+
 
 
 def layer_table(
@@ -96,19 +105,19 @@ def layers_markdown(table: pd.DataFrame, cut_points: Sequence[int] = ()) -> str:
     return markdown_table(["quantity", *(f"n={n}" for n in ns)], body)
 
 
-def legend(table: pd.DataFrame) -> str:
-    """:data:`TABLE_LEGEND`, and a plain sentence when few replicates make the intervals wide."""
+def legend(table: pd.DataFrame, design: str = "split") -> str:
+    """:func:`table_legend`, and a plain sentence when few replicates make the intervals wide."""
     note = width_note(table["replicates"]) if len(table) else ""
-    return f"{TABLE_LEGEND} {note}" if note else TABLE_LEGEND
+    return f"{table_legend(design)} {note}" if note else table_legend(design)
 
 
 def write_tables(
-    df: pd.DataFrame, out_dir: Path, cut_points: Sequence[int] = ()
+    df: pd.DataFrame, out_dir: Path, cut_points: Sequence[int] = (), design: str = "split"
 ) -> tuple[Path, Path, str, str]:
     """Write ``layers.csv`` and ``layers.md``; return their paths, the Markdown table and its
     legend."""
     table = layer_table(df, cut_points)
-    markdown, text = layers_markdown(table, cut_points), legend(table)
+    markdown, text = layers_markdown(table, cut_points), legend(table, design)
     csv_path, md_path = out_dir / "layers.csv", out_dir / "layers.md"
     table.to_csv(csv_path, index=False)
     md_path.write_text(f"# Per-layer results (test top-1)\n\n{text}\n\n{markdown}", encoding="utf-8")
