@@ -223,6 +223,10 @@ class TrainConfig(_Section):
     feature_memory_gb: float = Field(4.0, gt=0)
 
 
+#: what ``execution.log`` may name (transferscope.tracking)
+TRACKING_BACKENDS = ("tensorboard", "mlflow")
+
+
 class ExecutionConfig(_Section):
     """Where and how runs execute. A study gives the same numbers on the CPU with any number of
     workers and either executor, so it may be resumed with other ones. ``threads`` is the
@@ -241,12 +245,25 @@ class ExecutionConfig(_Section):
     address: str | None = None
     #: GPUs per run on a Ray cluster (a fraction lets several runs share one GPU)
     gpus_per_run: float = Field(0.0, ge=0)
+    #: experiment tracking: every recorded run's history and final metrics also go to
+    #: "tensorboard" (DIR/logs/tensorboard) and/or "mlflow" (DIR/logs/mlflow/mlflow.db); tracking.py
+    log: tuple[str, ...] = ()
 
     @field_validator("workers")
     @classmethod
     def _positive(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
             raise ValueError("must be >= 1 or \"auto\"")
+        return v
+
+    @field_validator("log")
+    @classmethod
+    def _backends(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name not in TRACKING_BACKENDS:
+                raise ValueError(f"unknown backend {name!r}; allowed: {', '.join(TRACKING_BACKENDS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat a backend")
         return v
 
 
