@@ -72,20 +72,47 @@ def test_converter_subset(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("x,y\n1,2\n")
     md = ("# Title\n\n## A section\n\nSome **bold**, *it*, `code <x>` & [the csv](t.csv), [out](https://example.org), "
           "[back](#a-section).\n\n- one\n- two **2**\n\n| k | v |\n|:--|--:|\n| a | 1 < 2 |\n\n"
-          "![A figure](a.png)\n\n```toml\nname = \"<s>\"\n```\n")
+          "![A *figure*](a.png)\n\n```toml\nname = \"<s>\"\n```\n\n## Second: <b>raw</b>\n\n### Deeper\n\n"
+          "Text <script>alert(1)</script> and an inline ![icon](a.png).\n")
     page = markdown_to_html(md, tmp_path, "T")
     tags = _parse(page)
-    assert [a["id"] for a in tags.of("h2")] == ["a-section"]
-    assert tags.of("img")[0]["src"] == "data:image/png;base64," + base64.b64encode(PNG_1PX).decode()
+    assert [a["id"] for a in tags.of("h1")] == ["title"] and [a["id"] for a in tags.of("h3")] == ["deeper"]
+    assert [a["id"] for a in tags.of("h2")] == ["a-section", "second-b-raw-b"]
+    assert [a["src"] for a in tags.of("img")] == ["data:image/png;base64," + base64.b64encode(PNG_1PX).decode()] * 2
+    assert [a["data-file"] for a in tags.of("img")] == ["a.png", "a.png"] and tags.of("img")[0]["alt"] == "A figure"
     hrefs = [a["href"] for a in tags.of("a")]
     assert "data:text/csv;base64," + base64.b64encode(b"x,y\n1,2\n").decode() in hrefs
+    assert [a.get("download") for a in tags.of("a") if a["href"].startswith("data:")] == ["t.csv"]
     assert "#a-section" in hrefs and not any(h.startswith("http") for h in hrefs)
-    assert "(<code>https://example.org</code>)" in page  # shown, never fetched
+    assert ", out (<code>https://example.org</code>)," in page  # shown, never fetched
     assert "<strong>bold</strong>" in page and "<em>it</em>" in page and "<code>code &lt;x&gt;</code>" in page
-    assert '<td class="r">1 &lt; 2</td>' in page and "<li>two <strong>2</strong></li>" in page
-    assert 'class="language-toml">name = "&lt;s&gt;"' in page
-    assert "<figcaption>A figure</figcaption>" in page
-    assert '<nav><strong>Contents</strong><ol><li><a href="#a-section">' in page
+    assert '<th style="text-align:left">k</th>' in page and '<td style="text-align:right">1 &lt; 2</td>' in page
+    assert "<li>two <strong>2</strong></li>" in page
+    assert 'class="language-toml">name = &quot;&lt;s&gt;&quot;' in page
+    # an image alone in its paragraph is a figure with its caption; one inside a sentence is not
+    assert len(tags.of("figure")) == 1 and "<figcaption>A <em>figure</em></figcaption>" in page
+    assert not tags.of("script") and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<b>" not in page
+    # the contents, after the title: every level-2 heading, in order
+    assert page.index("</h1>") < page.index("<nav>") < page.index('<h2 id="a-section">')
+    assert ('<nav><strong>Contents</strong><ol><li><a href="#a-section">A section</a></li>'
+            '<li><a href="#second-b-raw-b">Second: &lt;b&gt;raw&lt;/b&gt;</a></li></ol></nav>') in page
+    assert page.count("<footer>") == 1 and "<title>T</title>" in page
+
+
+def test_the_template_ships_as_package_data() -> None:
+    """A non-editable install carries report/templates/ only where pyproject's package-data names it."""
+    import tomllib
+    from importlib.resources import files
+
+    import transferscope
+
+    pyproject = Path(transferscope.__file__).parents[2] / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("an installed copy: no pyproject.toml beside the package")
+    declared = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["transferscope.report"]
+    templates = sorted(p.name for p in (files("transferscope.report") / "templates").iterdir())
+    assert "report.html.j2" in templates
+    assert all(any(Path("templates", name).match(pattern) for pattern in declared) for name in templates)
 
 
 def test_converter_refuses_a_missing_image(tmp_path: Path) -> None:
