@@ -336,6 +336,64 @@ def test_h_score_reference_values() -> None:
     assert h_score(f, labels) == pytest.approx(h_score(f, labels, shrinkage=False), rel=0.05)
 
 
+def _h_score_covariance(f: np.ndarray, labels: np.ndarray, shrinkage: bool = True) -> float:
+    """The H-score as transferscope computed it before it had an N x N form: scikit-learn's
+    Ledoit-Wolf estimate of the D x D covariance and its pseudo-inverse (cost D^3: a minute at
+    D = 2048), kept here as the reference the fast form must reproduce."""
+    from sklearn.covariance import ledoit_wolf
+
+    f = f - f.mean(0)
+    n, k = len(f), int(labels.max()) + 1
+    cov = ledoit_wolf(f, assume_centered=True)[0] if shrinkage else f.T @ f / n
+    means = np.zeros((k, f.shape[1]))
+    np.add.at(means, labels, f)
+    counts = np.bincount(labels, minlength=k).astype(float)
+    present = counts > 0
+    means[present] /= counts[present, None]
+    between = (means[present].T * (counts[present] / n)) @ means[present]
+    return float(np.trace(np.linalg.pinv(cov, rcond=1e-10, hermitian=True) @ between))
+
+
+# fewer images than features (the N x N form: 20 x 500 is a cut point's features of a few images per
+# class; 40 x 41 the edge), more (the D x D form, unchanged), features of low rank, and a class absent
+@pytest.mark.parametrize("n,d,rank", [(60, 300, None), (20, 500, None), (40, 41, None), (300, 40, None),
+                                      (50, 200, 12)])
+@pytest.mark.parametrize("shrinkage", [True, False])
+def test_h_score_gram_form_equals_the_covariance_form(n: int, d: int, rank: int | None, shrinkage: bool) -> None:
+    rng = np.random.default_rng(n * d)
+    labels = rng.choice([0, 2, 3, 4], size=n)  # class 1 has no image
+    f = rng.normal(size=(n, rank or d))
+    if rank:
+        f = f @ rng.normal(size=(rank, d))
+    f += 0.5 * labels[:, None] * rng.normal(size=d)
+    f[:, : d // 4] = np.abs(f[:, : d // 4]) ** 3 * 40.0  # skewed features on another scale
+    # Both forms eigen-decompose a positive semi-definite matrix (F'F or FF') with a backward-stable
+    # solver and sum positive terms s_i / lam_i (...); the kept eigenvalues here span at most 1e5
+    # (shrunk: lam_max / (a mu); unshrunk: the cut at 1e-10 drops only the centring's null direction,
+    # about 1e-16 of the largest), so the two agree to about eps * 1e5 * (N + D), 1e-8 relative, on
+    # any BLAS kernels (AMD or Intel, any OpenBLAS core type; 1e-13 measured): rel=1e-7 is a margin
+    # that still fails on any term missed or counted twice (each is 1/K or more of the total).
+    assert h_score(f, labels, shrinkage) == pytest.approx(_h_score_covariance(f, labels, shrinkage), rel=1e-7)
+
+
+#: the H-score of test_h_score_of_many_features_and_few_images's data by the covariance form
+H_SCORE_2048 = 4.291335074207733
+
+
+def test_h_score_of_many_features_and_few_images() -> None:
+    """The case that made the report slow (2048 features of 100 images): the N x N form gives what
+    the covariance form gives on fixed data. The reference value was computed by the covariance
+    form (:func:`_h_score_covariance`, a minute here) with OpenBLAS's Haswell kernels; the tolerance
+    is the one above."""
+    rng = np.random.default_rng(7)
+    labels = np.repeat(np.arange(5), 20)
+    f = rng.normal(size=(100, 2048)) + 0.5 * labels[:, None] * rng.normal(size=2048)
+    assert h_score(f, labels) == pytest.approx(H_SCORE_2048, rel=1e-7)
+    # with every image its own feature direction, the unshrunk score is K - 1 (the class means
+    # span K - 1 directions of the N - 1 left after centring, all inside the row space)
+    assert h_score(f, labels, shrinkage=False) == pytest.approx(4.0, rel=1e-7)
+
+
 def test_linear_probe_separable_and_noise() -> None:
     rng = np.random.default_rng(4)
 
@@ -535,7 +593,7 @@ def test_compare_frames_welch_difference() -> None:
     assert "falls significantly further below base in natural-vs-manmade at n = 2, 3, 4" in sentence
     assert "the data cannot tell the two apart at n = 1" in sentence
     assert (t["a_count"] == 3).all() and (t["b_count"] == 3).all()  # replicates, not networks
-    assert "| 4 |" in c.markdown()
+    assert [line.split("|")[1].strip() for line in c.markdown().splitlines()[2:]] == ["1", "2", "3", "4"]
 
 
 # --------------------------------------------------------------------------- target sizes

@@ -179,24 +179,71 @@ def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: bool = True) ->
     Ledoit-Wolf estimate (the regularised H-score of Ibrahim et al. 2022), because a cut point's
     features can have about as many dimensions as there are images, where the plain estimate is
     dominated by its smallest, noisiest eigenvalues. ``shrinkage=False`` is Bao et al.'s original
-    with a pseudo-inverse."""
+    with a pseudo-inverse (eigenvalues below 1e-10 of the largest are dropped).
+
+    Computed in the smaller of two equivalent forms: with more images N than features D, on the
+    D x D covariance; otherwise (a conv layer's 2048 features of 100 images) on the N x N Gram
+    matrix of the centred features, whose eigenvectors span every direction the class means lie
+    in (:func:`_h_score_gram`): cost ``min(N, D)^2 max(N, D)`` instead of ``D^3``."""
     f = _features(features)
     y, k = _labels(labels, f.shape[0])
     f = f - f.mean(0)
-    n = f.shape[0]
+    n, d = f.shape
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    present = counts > 0
+    if n < d:
+        return _h_score_gram(f, y, counts, present, shrinkage)
     if shrinkage:
         from sklearn.covariance import ledoit_wolf
 
         cov, _ = ledoit_wolf(f, assume_centered=True)
     else:
         cov = f.T @ f / n
-    means = np.zeros((k, f.shape[1]))
+    means = np.zeros((k, d))
     np.add.at(means, y, f)
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    present = counts > 0
     means[present] /= counts[present, None]
     between = (means[present].T * (counts[present] / n)) @ means[present]
     return float(np.trace(np.linalg.pinv(cov, rcond=1e-10, hermitian=True) @ between))
+
+
+def _ledoit_wolf_gram(gram: np.ndarray, n: int, d: int) -> tuple[float, float]:
+    """The Ledoit-Wolf shrinkage of centred features F (N x D) and ``mu = tr(F'F/N) / D``, from
+    their Gram matrix ``G = F F'`` alone: scikit-learn's ``ledoit_wolf_shrinkage`` term by term,
+    with its two D x D sums rewritten as N x N ones (``sum((F'F)^2) = sum(G^2)``, and the sum of
+    ``(F^2)'(F^2)`` is the sum over images of their squared norm squared, ``sum(diag(G)^2)``)."""
+    trace = float(np.trace(gram)) / n  # tr(F'F / N)
+    mu = trace / d
+    beta_ = float(np.sum(np.diag(gram) ** 2))
+    delta_ = float(np.sum(gram**2)) / n**2
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d
+    beta = min(beta, delta)
+    return (0.0 if beta == 0 else beta / delta), mu
+
+
+def _h_score_gram(f: np.ndarray, y: np.ndarray, counts: np.ndarray, present: np.ndarray, shrinkage: bool) -> float:
+    """The H-score of centred features ``f`` (N < D) in N x N form.
+
+    With ``F F' = U diag(s) U'``, F's row space is spanned by ``v_i = F'u_i / sqrt(s_i)``, where the
+    (shrunk) covariance ``C = (1 - a) F'F/N + a mu I`` has eigenvalues ``lam_i = (1 - a) s_i/N + a mu``
+    (and ``a mu`` on the rest of the D dimensions). Every class mean ``m_c`` is an average of rows of
+    F, so it lies in that row space, where ``m_c'v_i = sqrt(s_i) (Y'u_i)_c / count_c``; hence
+    ``tr(C^+ sum_c p_c m_c m_c') = sum_i (s_i / lam_i) sum_c (Y'u_i)_c^2 / (N count_c)``, summed
+    over the ``lam_i`` that the D x D pseudo-inverse keeps (above 1e-10 of the largest)."""
+    n, d = f.shape
+    gram = f @ f.T
+    a, mu = _ledoit_wolf_gram(gram, n, d) if shrinkage else (0.0, 0.0)
+    s, u = np.linalg.eigh(gram)
+    s = np.clip(s, 0.0, None)  # a Gram matrix is positive semi-definite; rounding may dip below 0
+    lam = (1.0 - a) * s / n + a * mu
+    largest = max(float(lam.max(initial=0.0)), a * mu)  # the D - N other eigenvalues are a mu
+    keep = lam > 1e-10 * largest
+    if not keep.any():
+        return 0.0
+    sums = np.zeros((len(counts), int(keep.sum())))
+    np.add.at(sums, y, u[:, keep])  # (Y'u_i)_c
+    per_class = (sums[present] ** 2 / counts[present, None]).sum(0) / n
+    return float(np.sum(s[keep] / lam[keep] * per_class))
 
 
 # ---------------------------------------------------------------------------------- linear probe
