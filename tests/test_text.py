@@ -19,9 +19,19 @@ def test_slug_is_the_heading_anchor():
 
 
 def test_markdown_table_aligns_the_first_column_apart():
-    assert markdown_table(["a", "b", "c"], [["x", "1", "2"]]) == "| a | b | c |\n|:--|--:|--:|\n| x | 1 | 2 |\n"
-    assert markdown_table(["k", "s"], [], align=":--") == "| k | s |\n|:--|:--|\n"
-    assert markdown_table(["n", "d"], [["1", "2"]], first="--:") == "| n | d |\n|--:|--:|\n| 1 | 2 |\n"
+    assert markdown_table(["a", "b", "c"], [["x", "1", "2"]]) == (
+        "| a   |   b |   c |\n|:----|----:|----:|\n| x   |   1 |   2 |\n")
+    assert markdown_table(["k", "s"], [], align=":--") == "| k   | s   |\n|:----|:----|\n"
+    assert markdown_table(["n", "d"], [["1", "2"]], first="--:") == "|   n |   d |\n|----:|----:|\n|   1 |   2 |\n"
+
+
+def test_markdown_table_writes_cells_as_given_in_columns_of_one_width():
+    table = markdown_table(["quantity", "n=1", "n=1"], [["AnB - base", "+0.012 [-0.003, +0.027] (3 rep, 6 net)", MISSING],
+                                                        ["BnB", "1,000", "-0.000"]])
+    lines = table.splitlines()
+    assert lines[2] == "| AnB - base | +0.012 [-0.003, +0.027] (3 rep, 6 net) |      \u2014 |"
+    assert lines[3] == "| BnB        |                                  1,000 | -0.000 |"  # no number parsing
+    assert len({len(line) for line in lines}) == 1 and lines[1].startswith("|:---") and lines[1].endswith("-:|")
 
 
 def test_one_number_format_without_a_sign_on_zero():

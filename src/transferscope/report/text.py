@@ -1,12 +1,14 @@
 """The report's formatters, one of each: a number (:func:`number`), an estimate with its interval
 (:func:`ci_text`, every cell and every claim), the anchor of a heading (:func:`slug`) and a pipe
-table (:func:`markdown_table`)."""
+table (:func:`markdown_table`, written by pandas)."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Sequence
+
+import pandas as pd
 
 #: what a cell without data shows
 MISSING = "\u2014"
@@ -43,8 +45,24 @@ def slug(title: str) -> str:
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "--:",
                    first: str = ":--") -> str:
-    """A pipe table: the first column aligned by ``first`` (left by default), the others by
-    ``align`` (right by default); each line ends with a newline."""
-    lines = ["| " + " | ".join(header) + " |", f"|{first}|" + f"{align}|" * (len(header) - 1)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    """A pipe table (pandas ``DataFrame.to_markdown``, i.e. tabulate), its columns padded to one
+    width: the first column aligned by ``first`` (``":--"`` left, the default; ``"--:"`` right),
+    the others by ``align`` (right by default). Cells are written as given (no number parsing, so
+    ``+0.012`` keeps its sign); each line ends with a newline."""
+    colalign = [_ALIGN[first], *[_ALIGN[align]] * (len(header) - 1)]
+    frame = pd.DataFrame([list(r) for r in rows], columns=list(header), dtype=object)
+    text = frame.to_markdown(index=False, tablefmt="pipe", colalign=colalign, disable_numparse=True)
+    if not len(frame):  # tabulate drops the alignment of a table without rows
+        head, rule = text.splitlines()
+        text = head + "\n|" + "|".join(_rule(len(cell), a) for cell, a in zip(rule.strip("|").split("|"), colalign)) + "|"
+    return text + "\n"
+
+
+#: a pipe table's alignment mark -> tabulate's name for it
+_ALIGN = {":--": "left", "--:": "right", ":-:": "center"}
+
+
+def _rule(width: int, align: str) -> str:
+    """The separator cell of a column ``width`` characters wide, aligned as ``align``."""
+    dashes = "-" * (width - 1)
+    return {"left": ":" + dashes, "right": dashes + ":", "center": ":" + dashes[1:] + ":"}[align]
