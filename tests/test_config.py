@@ -107,3 +107,16 @@ def test_every_seed_the_configuration_accepts_reaches_numpy(tmp_path, seed):
     for replicate in range(3):  # replicate r draws its split from the stream "split" of split.seed and r
         assert prepared.split(replicate).description.endswith(f"(split.seed {seed}, replicate {replicate})")
         assert len(prepared.task(replicate, "A").train) > 0
+
+
+def test_report_analyses_are_chosen_by_name():
+    from transferscope.config import ANALYSES
+
+    assert load_config().report.analyses == ANALYSES  # every analysis by default
+    assert load_config(None, ['report.analyses=["cka", "estimate"]']).report.analyses == ("cka", "estimate")
+    assert load_config(None, ["report.analyses=[]"]).report.analyses == ()
+    with pytest.raises(UserError, match=r"^defaults with --set: report\.analyses\.1: Input should be 'convergence', "
+                                        r"'cka', 'estimate', 'filters', 'target_sizes' or 'comparison' \(got 'sizes'\)$"):
+        load_config(None, ['report.analyses=["cka", "sizes"]'])
+    with pytest.raises(UserError, match=r"report\.analyses: .*must not repeat an entry"):
+        load_config(None, ['report.analyses=["cka", "cka"]'])

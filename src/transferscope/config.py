@@ -279,6 +279,28 @@ class EvalConfig(_Section):
     save_weights: Literal["bases", "bases+finetuned", "all"] = "bases+finetuned"
 
 
+#: the report's analyses beyond the paper's curves (report.sections.analyze_study), in the order they run
+ANALYSES = ("convergence", "cka", "estimate", "filters", "target_sizes", "comparison")
+
+
+class ReportConfig(_Section):
+    """What the report computes beyond the paper's figures and tables. Not part of a study's
+    identity: a study may be reported, and resumed, with other analyses."""
+
+    #: which analyses (default: all): "convergence" (were the base networks still improving),
+    #: "cka" (representation similarity), "estimate" (LogME, H-score, probe), "filters" (first-layer
+    #: filters), "target_sizes" (freeze or fine-tune by target size), "comparison" (with the study
+    #: given to ``transferscope report --compare``)
+    analyses: tuple[Literal[ANALYSES], ...] = ANALYSES  # type: ignore[valid-type]
+
+    @field_validator("analyses")
+    @classmethod
+    def _once(cls, v: tuple) -> tuple:
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat an entry")
+        return v
+
+
 class StudyConfig(_Section):
     """The whole study. ``seed`` roots every run's random streams (init, data order, augmentation,
     dropout) and the per-class partitions; ``split.seed`` the class splits."""
@@ -294,6 +316,7 @@ class StudyConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    report: ReportConfig = ReportConfig()
 
     @property
     def design(self) -> Design:

@@ -55,7 +55,7 @@ EXECUTION_IDENTITY_KEYS = {"execution.threads"}
 def _is_identity(key: str) -> bool:
     """Whether a configuration key is part of a study's identity: every key but the name, the
     plan and where runs execute."""
-    if key == "name" or key in PLAN_KEYS:
+    if key == "name" or key in PLAN_KEYS or key.startswith("report."):  # what the report computes
         return False
     return not key.startswith("execution.") or key in EXECUTION_IDENTITY_KEYS
 
