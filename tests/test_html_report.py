@@ -212,3 +212,25 @@ def test_figures_not_blank(report_dir: Path) -> None:
         image = matplotlib.image.imread(report_dir / name)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 400, name
         assert np.asarray(image).std() > 0.05, name
+
+
+def repeated_paragraphs(markdown: str, longer_than: int = 60) -> list[str]:
+    """Lines of prose (not a table row, heading or fenced code) longer than ``longer_than``
+    characters that appear more than once."""
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and len(line) > longer_than and not line.startswith(("|", "#")):
+            seen[line] = seen.get(line, 0) + 1
+    return [line for line, count in seen.items() if count > 1]
+
+
+def test_every_paragraph_once(report_dir: Path) -> None:
+    text = (report_dir / "report.md").read_text(encoding="utf-8")
+    assert repeated_paragraphs(text) == []
+    assert text.count("**Head start?**") == 1 and text.count("## Provenance") == 1
+    assert text.count("- This report:") == 1 and "- This report: the runs' commit (dirty: " in text  # the sha once
+    assert repeated_paragraphs("A line long enough to count as a paragraph of the report, surely.\n\n| x |\n\n"
+                               "A line long enough to count as a paragraph of the report, surely.\n")

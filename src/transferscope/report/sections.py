@@ -46,10 +46,10 @@ from transferscope.report.analysis_figures import (
     plot_target_sizes,
     save,
 )
-from transferscope.report.reading import Comparison, compare_studies, head_start, interval, reading, signed
+from transferscope.report.reading import Comparison, compare_studies, interval, reading, signed
 from transferscope.report.tables import format_cell as _cell
 from transferscope.report.text import MISSING, ci_text, markdown_table, number, slug
-from transferscope.stats import PAIR, ROLE_LABELS, done_runs, relative
+from transferscope.stats import PAIR, ROLE_LABELS, done_runs
 from transferscope.store import Store
 from transferscope.study import Study
 from transferscope.treatments import TREATMENTS, base_key, treatment
@@ -177,11 +177,7 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
         if schedule != "constant":
             lines.append(f"A flat tail is necessary, not sufficient: the {schedule} schedule brings the learning rate "
                          "down at the end, which flattens every curve whatever the budget. The head-start symptom "
-                         "below is the other check.\n")
-    if not done.empty and (done["role"] != "base").any():
-        symptom = head_start(relative(done))
-        if symptom:
-            lines.append(symptom + "\n")
+                         "(the Reading's *Head start?*: BnB - base at the lowest cut point) is the other check.\n")
     return Section("Was the study trained long enough?", "\n".join(lines))
 
 
@@ -511,8 +507,10 @@ def _provenance_section(store: Store, records: list[RunRecord]) -> Section:
     if devices:
         lines.append("- Device and precision: " + ", ".join(f"{d} ({k})" for d, k in devices.most_common()))
     git = now["git"]
-    lines.append(f"- This report: transferscope commit `{git['commit']}` (dirty: {git['dirty']}), "
-                 + ", ".join(f"{k} {v}" for k, v in now["versions"].items()))
+    same = ("the runs' commit" if set(commits) == {git["commit"]} else f"transferscope commit `{git['commit']}`",
+            "their versions" if {tuple(sorted(now["versions"].items()))} == set(versions) else
+            ", ".join(f"{k} {v}" for k, v in now["versions"].items()))  # each said once
+    lines.append(f"- This report: {same[0]} (dirty: {git['dirty']}), {same[1]}")
     config = store.config_path.read_text(encoding="utf-8") if store.config_path.is_file() else "(no config.toml)"
     body = ("\n".join(lines) + "\n\nThe study's resolved configuration (`config.toml`):\n\n```toml\n"
             + config.rstrip() + "\n```\n")
