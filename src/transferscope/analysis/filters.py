@@ -61,6 +61,7 @@ class FilterPanel:
     key: str
     image: np.ndarray
     change: float | None  # relative weight change from the source network's filters
+    weight: torch.Tensor | None = None  # the conv weights (out, in, kh, kw): a figure may draw a subset
 
 
 def relative_change(weight: torch.Tensor, source: torch.Tensor) -> float:
@@ -84,7 +85,7 @@ def study_filters(store: Store, study, frame: pd.DataFrame, replicate: int = 0) 
         if conv is None:
             return []
         src_w = conv.weight.detach()
-        panels.append(FilterPanel(f"base{source}", key, filter_grid(src_w), None))
+        panels.append(FilterPanel(f"base{source}", key, filter_grid(src_w), None, src_w))
         ft = done.loc[(done["role"] == "transfer+") & (done["source"] == source)] if len(done) else done
         ft = ft.loc[[store.weights_path(k).is_file() for k in ft["key"]]] if len(ft) else ft
         if ft.empty:
@@ -93,5 +94,5 @@ def study_filters(store: Store, study, frame: pd.DataFrame, replicate: int = 0) 
             row = ft.loc[ft["n"] == n].iloc[0]
             w = first_conv(load_network(store, study, row["key"], replicate, row["target"])).weight.detach()
             panels.append(FilterPanel(f"{row['treatment']} n={n} (layer 1 from base{source}, fine-tuned on "
-                                      f"{row['target']})", row["key"], filter_grid(w), relative_change(w, src_w)))
+                                      f"{row['target']})", row["key"], filter_grid(w), relative_change(w, src_w), w))
     return panels
