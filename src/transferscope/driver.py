@@ -29,6 +29,7 @@ from transferscope.report import ReportMeta, analyze_study, write_report
 from transferscope.runner import is_source, make_record, shares_frozen_features
 from transferscope.store import Store
 from transferscope.study import Study
+from transferscope.tracking import Trackers, check_available
 from transferscope.treatments import BY_NAME, Job, RunSpec, group_jobs
 
 
@@ -111,6 +112,7 @@ def run_study(config: StudyConfig, output: str | Path, *, progress: bool = True,
     >>> from transferscope import load_config, run_study
     >>> result = run_study(load_config(overrides=["train.epochs=5"]), "results/quick")  # doctest: +SKIP
     """
+    check_available(config.execution.log)  # a missing package is one line, before anything is written
     study = Study.prepare(config)
     store = Store(output)
     with store.lock():
@@ -151,6 +153,8 @@ class _Driver:
         store.init(config, {"data": study.info, "numerics": numerics_identity(config), "streams": STREAMS},
                    [s.key for s in study.plan])
         store.save_splits({r: study.split(r).to_dict() for r in range(config.treatments.replicates)})
+        # execution.log: each recorded run once per backend; runs recorded before and not yet logged are logged now
+        self.trackers = Trackers.open(config.execution.log, store.root, config.name, store.records)
         pending, settled = self._plan_session()
         if pending:
             self._execute(pending, settled)
@@ -240,6 +244,7 @@ class _Driver:
             rec = replace(rec, error=f"{rec.error or 'failed'} (traceback in {self.store.log_path.name})")
             self.store.log_error(rec.key, trace)
         self.store.record(rec)
+        self.trackers.log(rec)  # TensorBoard / MLflow (execution.log), whichever executor ran it
         self.schedule.settle(rec.key, rec.status)
         self.bar.run_finished(rec.key, rec.status, rec.test_top1, self.epochs[rec.key] - len(rec.history))
 
