@@ -387,3 +387,44 @@ def test_missing_column_is_a_user_error(runs: pd.DataFrame, tmp_path: Path,
                                         meta: ReportMeta) -> None:
     with pytest.raises(UserError, match="replicate"):
         write_report(runs.drop(columns="replicate"), meta, tmp_path)
+
+
+def test_filters_figure_is_legible_for_a_wide_first_layer() -> None:
+    """768 filters of 16x16 (vit_b_16's patch embedding): the 64 of largest norm, each tile at least
+    MIN_TILE_PX pixels wide in the saved figure, the fine-tuned network showing the same filters, the
+    rule in the title; a narrow layer is drawn whole."""
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from transferscope.analysis.filters import FilterPanel, filter_grid
+    from transferscope.report.analysis_figures import (
+        DPI, FILTER_COLUMNS, MAX_FILTERS, MIN_TILE_PX, plot_filters, shown_filters)
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(768, 3, 16, 16, generator=gen) * torch.linspace(0.1, 1.0, 768).roll(100).view(-1, 1, 1, 1)
+    tuned = base + 0.01 * torch.randn(base.shape, generator=gen)
+    chosen = shown_filters(base)
+    norms = base.flatten(1).norm(dim=1)
+    assert len(chosen) == MAX_FILTERS and set(chosen.tolist()) == set(norms.argsort(descending=True)[:64].tolist())
+    assert norms[chosen[0]] == norms.max() and (shown_filters(base[:10]) == np.arange(10)).all()
+
+    panels = [FilterPanel("baseA", "r0-baseA", filter_grid(base), None, base),
+              FilterPanel("AnB+ n=1 (from baseA)", "k", filter_grid(tuned), 0.01, tuned)]
+    fig = plot_filters(panels, "vit")
+    FigureCanvasAgg(fig).draw()
+    for ax in fig.axes[:2]:
+        image = ax.images[0]
+        assert image.get_array().shape[:2] == (8 * 17 + 1, 8 * 17 + 1)  # 64 tiles of 16 px and a 1 px gap
+        tile = image.get_window_extent().width * DPI / fig.dpi / FILTER_COLUMNS
+        assert tile >= MIN_TILE_PX, tile
+    # the fine-tuned panel shows the base's chosen filters, in the same places
+    expected = filter_grid(tuned[torch.as_tensor(chosen)], columns=FILTER_COLUMNS)
+    assert np.allclose(fig.axes[1].images[0].get_array(), expected)
+    assert "64 of largest L2 norm of 768 filters" in fig.get_suptitle()
+
+    small = torch.randn(32, 1, 5, 5, generator=gen)
+    fig = plot_filters([FilterPanel("baseB", "r0-baseB", filter_grid(small), None, small)], "convnet")
+    FigureCanvasAgg(fig).draw()
+    image = fig.axes[0].images[0]
+    assert "all 32 filters" in fig.get_suptitle() and image.get_array().shape[:2] == (4 * 6 + 1, 8 * 6 + 1)
+    assert image.get_window_extent().width * DPI / fig.dpi / FILTER_COLUMNS >= MIN_TILE_PX

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from transferscope.analysis.filters import filter_grid
 from transferscope.report.figures import DPI, STYLES
 from transferscope.stats import over_replicates, per_replicate
 from transferscope.treatments import AT_TARGET_SIZES, TREATMENTS, treatment
@@ -138,29 +140,68 @@ def plot_estimates(scores: pd.DataFrame, measured: pd.DataFrame, labels: dict[st
     return fig
 
 
+#: at most this many first-layer filters per network are drawn, in columns of this many tiles, each at
+#: least this many pixels wide in the saved figure (a ViT's patch embedding has 768 filters)
+MAX_FILTERS = 64
+FILTER_COLUMNS = 8
+MIN_TILE_PX = 32
+
+
+def shown_filters(weight: torch.Tensor, limit: int = MAX_FILTERS) -> np.ndarray:
+    """Indices of the filters to draw: all of them when there are at most ``limit``, otherwise the
+    ``limit`` of largest L2 norm, largest first (ties in index order)."""
+    norms = weight.detach().double().cpu().flatten(1).norm(dim=1).numpy()
+    if len(norms) <= limit:
+        return np.arange(len(norms))
+    return np.argsort(-norms, kind="stable")[:limit]
+
+
+def filter_selection(panels: Sequence) -> str:
+    """The rule behind the tiles of :func:`plot_filters`, in words: "all 32 filters", or "the 64 of
+    largest norm of 768 filters in each base network, the same filters in ..." (two lines)."""
+    counts = sorted({p.weight.shape[0] for p in panels if p.weight is not None})
+    if not counts or counts[-1] <= MAX_FILTERS:
+        return "all " + "/".join(map(str, counts)) + " filters" if counts else "all filters"
+    return (f"the {MAX_FILTERS} of largest L2 norm of {'/'.join(map(str, counts))} filters in each base network,\n"
+            "the same filters in the networks that copied it, largest first")
+
+
 def plot_filters(panels: Sequence, title: str) -> Figure:
     """Filter grids: one row per base network (a panel labelled ``base...``), followed in its row
-    by the fine-tuned networks that copied it, each titled with its weight change."""
+    by the fine-tuned networks that copied it, each titled with its weight change. A layer with
+    more than :data:`MAX_FILTERS` filters shows that many (:func:`shown_filters` of the base
+    network, the same indices in its fine-tuned networks), so every tile stays at least
+    :data:`MIN_TILE_PX` pixels wide; the title says which."""
     rows: list[list] = []
     for p in panels:
         if p.label.startswith("base") or not rows:
             rows.append([])
         rows[-1].append(p)
+    images: dict[int, np.ndarray] = {}
+    for row in rows:
+        chosen = shown_filters(row[0].weight) if row[0].weight is not None else None
+        for p in row:
+            if chosen is None or p.weight is None:
+                images[id(p)] = p.image
+            else:
+                picked = p.weight[torch.as_tensor(chosen)]
+                images[id(p)] = filter_grid(picked, columns=min(FILTER_COLUMNS, len(chosen)))
     cols = max(len(r) for r in rows)
-    aspect = max(p.image.shape[0] / p.image.shape[1] for p in panels)
-    width = 3.2
-    fig = Figure(figsize=(width * cols, (width * aspect + 0.6) * len(rows) + 0.4), layout="constrained")
+    aspect = max(im.shape[0] / im.shape[1] for im in images.values())
+    tiles = max(min(FILTER_COLUMNS, p.weight.shape[0]) if p.weight is not None else 1 for p in panels)
+    width = max(3.2, 1.25 * tiles * MIN_TILE_PX / DPI)  # the panel's margins and title take up to a fifth
+    fig = Figure(figsize=(width * cols, (width * aspect + 0.7) * len(rows) + 0.6), layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
     for ax in axes.flat:
         ax.set_axis_off()
     for r, row in enumerate(rows):
         for c, p in enumerate(row):
             ax = axes[r, c]
-            ax.imshow(p.image, interpolation="nearest")
+            ax.imshow(images[id(p)], interpolation="nearest")
             label = p.label.split(" (")[0]
             change = f"\nweights changed {p.change:.1%}" if p.change is not None else "\n(source)"
             ax.set_title(label + change, fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(f"{title}\nfirst-layer filters: {filter_selection(panels)}", fontsize=10)
     return fig
 
 
