@@ -428,3 +428,36 @@ def test_filters_figure_is_legible_for_a_wide_first_layer() -> None:
     image = fig.axes[0].images[0]
     assert "all 32 filters" in fig.get_suptitle() and image.get_array().shape[:2] == (4 * 6 + 1, 8 * 6 + 1)
     assert image.get_window_extent().width * DPI / fig.dpi / FILTER_COLUMNS >= MIN_TILE_PX
+
+
+def test_fig3_and_the_comparison_show_both_studies(runs: pd.DataFrame, meta: ReportMeta, tmp_path: Path) -> None:
+    """`report --compare`: Fig. 3 draws the other study (dashed, open markers, named by its
+    directory) beside this one, and the comparison's per-layer table has both studies' cells per row."""
+    from transferscope.report import Analysis, compare_frames
+    from transferscope.report.figures import plot_fig3
+
+    other = runs.copy()
+    other.loc[other["role"] == "transfer", "test_top1"] -= 0.1  # frozen transfer 0.1 worse in the other study
+    c = compare_frames(other, runs, "dissimilar (natural vs man-made)", "random (random 5/5)", "dissimilar", "random")
+
+    fig = plot_fig3(runs, "t", CUT_POINTS, other=("dissimilar", other), name="random")
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    mine, theirs = lines["AnB \u2212 base, random"], lines["AnB \u2212 base, dissimilar"]
+    assert np.allclose(theirs.get_ydata(), np.asarray(mine.get_ydata()) - 0.1)
+    assert mine.get_linestyle() == "-" and theirs.get_linestyle() == "--" and theirs.get_markerfacecolor() == "white"
+    assert {f"{q} \u2212 base, {s}" for q in ("BnB", "BnB+", "AnB+", "random") for s in ("random", "dissimilar")} <= set(lines)
+    assert "dashed, open markers: dissimilar" in fig.axes[0].get_title()
+    assert len(fig.axes[0].collections) == 5  # CI bands for this study only
+
+    rows = table_rows(c.per_layer())
+    assert rows[0] == ["quantity", "n", "a: dissimilar", "b: random"]
+    by_key = {(r[0], r[1]): r[2:] for r in rows[2:]}
+    for n in CUT_POINTS:
+        a, b = by_key["AnB - base", str(n)]
+        assert float(a.split()[0]) == pytest.approx(float(b.split()[0]) - 0.1, abs=1.5e-3)
+        assert by_key["BnB", str(n)][0] == by_key["BnB", str(n)][1]
+    assert {q for q, _ in by_key} >= {"base", "AnB", "specificity (BnB - AnB)"} and len(by_key) == len(rows) - 2
+
+    text = write_report(runs, meta, tmp_path, analysis=Analysis(comparison=c)).read_text()
+    assert "paired; this study (random) and dissimilar (dashed)](fig3.png)" in text
+    assert matplotlib.image.imread(tmp_path / "fig3.png").shape[1] > 800

@@ -89,21 +89,30 @@ def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> F
     return fig
 
 
-def plot_fig3(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> Figure:
+def plot_fig3(df: pd.DataFrame, title: str, cut_points: Sequence[int] = (),
+              other: tuple[str, pd.DataFrame] | None = None, name: str = "this study") -> Figure:
     """Fig. 3: each treatment minus the base of the same replicate and task, mean with 95% CI over
-    replicates."""
+    replicates. ``other`` (a name and its run table) adds a second study in the same colours,
+    dashed with open markers and without bands, and the legend names both (``name``: this one)."""
     done = done_runs(df, HEADLINE_METRIC)
     ns = observed_cut_points(done, cut_points)
     rel = relative(done, HEADLINE_METRIC)
     fig = Figure(figsize=(9.0, 5.0))
     ax = fig.subplots()
     ax.axhline(0.0, color="black", ls="--", lw=1.0, label="base (reference)")
-    for role in _FIG3_ROLES:
-        label = ROLE_LABELS[role]
-        _mean_line(ax, rel.loc[rel["quantity"] == label], role, f"{label} \u2212 base")
+    studies = [(rel, "", False)]
+    if other is not None:
+        other_done = done_runs(other[1], HEADLINE_METRIC)
+        ns = tuple(sorted(set(ns) | set(observed_cut_points(other_done))))
+        studies = [(rel, f", {name}", False), (relative(other_done, HEADLINE_METRIC), f", {other[0]}", True)]
+    for table, suffix, dashed in studies:
+        for role in _FIG3_ROLES:
+            label = ROLE_LABELS[role]
+            _mean_line(ax, table.loc[table["quantity"] == label], role, f"{label} \u2212 base{suffix}", dashed)
     ax.set_title(
         "Paired difference to the base network of the same replicate and task; mean and 95% CI over "
-        "replicates", fontsize=10
+        "replicates" + (f"\nsolid with bands: {name}; dashed, open markers: {other[0]}" if other else ""),
+        fontsize=10
     )
     ax.set_ylabel("Top-1 accuracy (test) relative to base")
     ax.set_xlabel(X_LABEL)
@@ -113,25 +122,28 @@ def plot_fig3(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> F
 
 
 def write_figures(
-    df: pd.DataFrame, out_dir: Path, title: str, cut_points: Sequence[int] = ()
+    df: pd.DataFrame, out_dir: Path, title: str, cut_points: Sequence[int] = (),
+    other: tuple[str, pd.DataFrame] | None = None, name: str = "this study",
 ) -> tuple[Path, Path]:
-    """Write ``fig2.png`` and ``fig3.png`` into ``out_dir``; return their paths."""
+    """Write ``fig2.png`` and ``fig3.png`` into ``out_dir``; return their paths. ``other`` (a name
+    and a run table) is drawn beside this study (``name``) in Fig. 3."""
     paths = (out_dir / "fig2.png", out_dir / "fig3.png")
-    for plot, path in zip((plot_fig2, plot_fig3), paths):
-        plot(df, title, cut_points).savefig(path, dpi=DPI, bbox_inches="tight")
+    plot_fig2(df, title, cut_points).savefig(paths[0], dpi=DPI, bbox_inches="tight")
+    plot_fig3(df, title, cut_points, other, name).savefig(paths[1], dpi=DPI, bbox_inches="tight")
     return paths
 
 
-def _mean_line(ax: Axes, rows: pd.DataFrame, role: str, label: str) -> None:
-    """Line through the means in ``rows`` (columns n, mean, ci_low, ci_high) with a CI band."""
+def _mean_line(ax: Axes, rows: pd.DataFrame, role: str, label: str, dashed: bool = False) -> None:
+    """Line through the means in ``rows`` (columns n, mean, ci_low, ci_high) with a CI band;
+    ``dashed``: dashed with open markers and no band (a second study)."""
     if rows.empty:
         return
     rows = rows.sort_values("n")
     style = STYLES[role]
     ax.plot(rows["n"], rows["mean"], color=style.color, marker=style.marker, ms=5, lw=1.6,
-            label=label, zorder=3)
+            label=label, zorder=3, **({"ls": (0, (4, 2)), "mfc": "white"} if dashed else {}))
     lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
-    if np.isfinite(lo).any():
+    if np.isfinite(lo).any() and not dashed:
         ax.fill_between(rows["n"].to_numpy(dtype=float), lo, hi, color=style.color, alpha=0.15,
                         lw=0)
 

@@ -98,7 +98,9 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
         )
     cut_points = observed_cut_points(done, meta.cut_points)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_figures(done, out_dir, meta.title, cut_points)
+    c = analysis.comparison if analysis is not None else None
+    other = (c.name_a, c.runs_a) if c is not None and c.runs_a is not None else None  # b is this study (analyze_study)
+    write_figures(done, out_dir, meta.title, cut_points, other, c.name_b if other else "this study")
     csv_path, md_path, table, legend = write_tables(done, out_dir, cut_points, meta.design)
 
     sections = [
@@ -108,7 +110,8 @@ def write_report(df: pd.DataFrame, meta: ReportMeta, out_dir: Path, analysis: An
         _reading_section(done, analysis),
         ("## Figures\n\n"
          "![Fig. 2: top-1 accuracy per network and mean per treatment](fig2.png)\n\n"
-         "![Fig. 3: top-1 accuracy relative to base, paired](fig3.png)\n"),
+         "![Fig. 3: top-1 accuracy relative to base, paired"
+         + (f"; this study ({c.name_b}) and {c.name_a} (dashed)" if other else "") + "](fig3.png)\n"),
         (f"## Per-layer table\n\n{legend} Also as [{md_path.name}]({md_path.name}) and "
          f"[{csv_path.name}]({csv_path.name}).\n\n{table}"),
         _decomposition_section() if meta.design == "split" else "",

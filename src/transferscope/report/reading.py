@@ -30,6 +30,7 @@ from scipy import stats as sps
 from transferscope.stats import (
     CONFIDENCE,
     DIFFERENCE_BOUNDS,
+    HEADLINE_METRIC,
     done_runs,
     holm,
     mean_ci,
@@ -40,6 +41,7 @@ from transferscope.stats import (
     t_pvalue,
     width_note,
 )
+from transferscope.report.tables import format_cell, layer_table, row_label
 from transferscope.report.text import MISSING, ci_text, markdown_table, number
 from transferscope.store import Store
 
@@ -315,6 +317,12 @@ class Comparison:
     label_a: str
     label_b: str
     table: pd.DataFrame  # n, a_mean, a_low, a_high, a_count, b_mean, ..., diff, diff_low, diff_high, p
+    #: each study's runs on all of their data (the per-layer table and Fig. 3 show both), and its short
+    #: name (a directory's name)
+    runs_a: pd.DataFrame | None = None
+    runs_b: pd.DataFrame | None = None
+    name_a: str = "study a"
+    name_b: str = "study b"
 
     def sentence(self) -> str:
         t = self.table.dropna(subset=["diff"])
@@ -347,9 +355,32 @@ class Comparison:
         return markdown_table(["n", f"AnB - base, {self.label_a}", f"AnB - base, {self.label_b}",
                                "difference (b - a), Welch 95% CI"], rows, first="--:")
 
+    def per_layer(self) -> str:
+        """Both studies' per-layer tables side by side: a row per quantity and cut point with each
+        study's cell (as in its own per-layer table), under a sentence naming the columns; empty
+        without the runs."""
+        if self.runs_a is None or self.runs_b is None:
+            return ""
+        tables = [layer_table(done_runs(runs, HEADLINE_METRIC)).set_index(["section", "quantity", "n"])
+                  for runs in (self.runs_a, self.runs_b)]
+        keys = list(dict.fromkeys([*tables[0].index, *tables[1].index]))
+        order = {(s, q): i for i, (s, q, _) in enumerate(keys)}  # sections and quantities in their first order
+        rows = [[row_label(s, q), str(n), *(_layer_cell(t, (s, q, n)) for t in tables)]
+                for s, q, n in sorted(keys, key=lambda k: (order[k[:2]], k[2]))]
+        return (f"The per-layer table of both studies, side by side (cells as in the per-layer table): study a = {self.name_a}, "
+                f"study b = {self.name_b} (this one).\n\n"
+                + markdown_table(["quantity", "n", f"a: {self.name_a}", f"b: {self.name_b}"], rows))
+
 
 def _count(replicates: float) -> str:
     return f"{int(replicates)} replicate" + ("" if int(replicates) == 1 else "s")
+
+
+def _layer_cell(table: pd.DataFrame, key: tuple) -> str:
+    if key not in table.index:
+        return MISSING
+    r = table.loc[key]
+    return format_cell(r["mean"], r["ci_low"], r["ci_high"], int(r["replicates"]), int(r["networks"]))
 
 
 def _diff_cell(r: pd.Series) -> str:
@@ -357,14 +388,15 @@ def _diff_cell(r: pd.Series) -> str:
 
 
 def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame, label_a: str = "study a",
-                   label_b: str = "study b") -> Comparison:
+                   label_b: str = "study b", name_a: str | None = None, name_b: str | None = None) -> Comparison:
     """AnB - base (paired within each study, one value per replicate) per n in two run tables, and
-    b - a per n."""
+    b - a per n. ``name_a``, ``name_b``: short names (default: the labels)."""
+
+    def full(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.loc[frame["target_size"].isna()] if "target_size" in frame else frame
 
     def per_n(frame: pd.DataFrame) -> dict[int, np.ndarray]:
-        if "target_size" in frame:
-            frame = frame.loc[frame["target_size"].isna()]
-        paired = paired_to_base(frame)
+        paired = paired_to_base(full(frame))
         per_rep = per_replicate(paired.loc[paired["role"] == "transfer"], "diff", ["n"])
         return {int(n): g["value"].to_numpy(dtype=float) for n, g in per_rep.groupby("n")}
 
@@ -377,7 +409,8 @@ def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame, label_a: str = 
         rows.append((n, *sa, *sb, *diff))
     cols = ["n", "a_mean", "a_low", "a_high", "a_count", "b_mean", "b_low", "b_high", "b_count", "diff", "diff_low",
             "diff_high", "p"]
-    return Comparison(label_a, label_b, pd.DataFrame(rows, columns=cols))
+    return Comparison(label_a, label_b, pd.DataFrame(rows, columns=cols), full(frame_a), full(frame_b),
+                      name_a or label_a, name_b or label_b)
 
 
 def study_label(directory: Path) -> str:
@@ -403,6 +436,9 @@ def compare_studies(dir_a: str | Path, dir_b: str | Path) -> Comparison:
         store.load_config()  # a clear error when this is not a study directory
         frames.append(store.frame())
     label_a, label_b = study_label(Path(dir_a)), study_label(Path(dir_b))
+    name_a, name_b = Path(dir_a).resolve().name, Path(dir_b).resolve().name
     if label_a == label_b:
         label_a, label_b = f"{label_a} [a]", f"{label_b} [b]"
-    return compare_frames(frames[0], frames[1], label_a, label_b)
+    if name_a == name_b:
+        name_a, name_b = f"{name_a} [a]", f"{name_b} [b]"
+    return compare_frames(frames[0], frames[1], label_a, label_b, name_a, name_b)

@@ -606,7 +606,7 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
                            f"Frozen transfer, AnB - base (paired within each study, one value per replicate), per "
                            f"cut point: study a = {c.label_a}, study b = {c.label_b} (this one). The difference is "
                            "b - a with a Welch 95% CI over the replicates of each study (the studies' networks are "
-                           f"independent).\n\n{c.markdown()}\n{c.sentence()}\n")
+                           f"independent).\n\n{c.markdown()}\n{c.sentence()}\n\n{c.per_layer()}")
         attempt("comparison", comparison)
     try:
         analysis.reading = reading(done, analysis.convergence, analysis.comparison) if len(done) else []
