@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import signal
 import sys
 from collections import Counter
@@ -14,14 +15,16 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 
-from transferscope import disk, load_results
+from transferscope import disk
 from transferscope.analysis import estimate as estimate_curve
 from transferscope.config import load_config
 from transferscope.data import list_datasets
 from transferscope.driver import run_study, write_study_report
 from transferscope.errors import Interrupted, UserError, request_stop
+from transferscope.record import history_frame, runs_frame
 from transferscope.report import format_estimate
 from transferscope.models import layer_names, list_models, model_options
+from transferscope.stats import paired_table
 from transferscope.store import Store, os_error_line
 from transferscope.study import Study
 
@@ -137,24 +140,51 @@ def status(directory: Annotated[Path, typer.Argument(help="A study's results dir
                    + (" ..." if len(outside) > 5 else ""))
 
 
+#: what ``export`` writes: table name -> what a row is
+EXPORT_TABLES = {"runs": "one row per run", "history": "one row per run and epoch",
+                 "paired": "one row per paired difference, cut point and replicate"}
+EXPORT_FORMATS = ("csv", "parquet")
+
+
 @app.command()
 @_user_errors
 def export(
     directory: Annotated[Path, typer.Argument(help="A study's results directory.")],
-    format: Annotated[str, typer.Option("--format", help="Output format: csv.")] = "csv",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output file [default: DIR/runs.csv].")] = None,
+    format: Annotated[str, typer.Option("--format", help="csv, or parquet (needs pyarrow: pip install 'transferscope[parquet]').")] = "csv",
+    table: Annotated[list[str], typer.Option("--table", help="runs (one row per run; the default), history (one row per run and epoch) or paired (the paired differences to base per replicate, as the report summarises them); repeatable.")] = [],  # noqa: B006
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output file of one table [default: DIR/<table>.<format>].")] = None,
 ) -> None:
-    """One row per run (load it in Python with transferscope.load_results(DIR))."""
+    """Tables of a study's runs: one row per run (load it in Python with
+    transferscope.load_results(DIR)), per run and epoch, or the paired differences."""
 
-    if format != "csv":
-        raise UserError(f"--format: unknown format {format!r}; allowed: csv")
-    frame = load_results(str(directory))
-    path = out or directory / "runs.csv"
-    try:
-        frame.to_csv(path, index=False)
-    except OSError as e:
-        raise UserError(f"--out: cannot write {path} ({e.strerror or e})") from None
-    typer.echo(f"{len(frame)} runs -> {path}")
+    if format not in EXPORT_FORMATS:
+        raise UserError(f"--format: unknown format {format!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    tables = list(dict.fromkeys(table or ["runs"]))
+    unknown = [t for t in tables if t not in EXPORT_TABLES]
+    if unknown:
+        raise UserError(f"--table: unknown table {unknown[0]!r}; allowed: {', '.join(EXPORT_TABLES)}")
+    if out is not None and len(tables) > 1:
+        raise UserError(f"--out names one file but --table names {len(tables)} tables; give one --table with "
+                        "--out, or leave --out out to write DIR/<table>.<format>")
+    if format == "parquet":
+        try:
+            importlib.import_module("pyarrow")
+        except ImportError:
+            raise UserError("--format parquet needs the pyarrow package: pip install 'transferscope[parquet]'") from None
+    store = Store(directory)
+    store.load_config()  # a clear error when this is not a study directory
+    records = store.records()
+    for name in tables:
+        frame = {"runs": runs_frame, "history": history_frame,
+                 "paired": lambda recs: paired_table(runs_frame(recs))}[name](records)
+        path = out or directory / f"{name}.{format}"
+        try:
+            frame.to_csv(path, index=False) if format == "csv" else frame.to_parquet(path, index=False)
+        except OSError as e:
+            raise UserError(f"{'--out' if out else 'export'}: cannot write {path} ({e.strerror or e})") from None
+        what = (f"{len(frame)} epochs of {frame['key'].nunique()} runs" if name == "history"
+                else f"{len(frame)} {'runs' if name == 'runs' else 'paired differences'}")
+        typer.echo(f"{what} -> {path}")
 
 
 @app.command()

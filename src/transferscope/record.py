@@ -3,7 +3,8 @@
 A :class:`RunRecord` is built where a run ends (runner.py; the driver for a run that never
 trained), written by the store as ``runs/<key>.json`` (:meth:`RunRecord.to_json`), read back by
 :meth:`RunRecord.from_json`, which says in one line what makes a file not a record, and turned
-into the table of runs by :func:`runs_frame`, the one place a record becomes a row.
+into the table of runs by :func:`runs_frame`, the one place a record becomes a row (and
+:func:`history_frame`, the one place its history becomes rows).
 
 The JSON layout is the one earlier versions wrote (provenance at the top level), so their records
 load: only the identity fields and the status are required; every other field may be absent.
@@ -184,3 +185,21 @@ def runs_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
         if col not in frame:
             frame[col] = math.nan
     return frame
+
+
+#: the columns that name a run in the table of epochs (:func:`history_frame`), before the epoch
+HISTORY_ID_COLUMNS = ("key", "replicate", "treatment", "role", "n", "target", "target_size")
+
+
+def history_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per run and epoch (a long table): the run's identity (:data:`HISTORY_ID_COLUMNS`),
+    ``epoch``, then a column per value its history rows hold (``train_loss``, ``lr``, ``val_top1``,
+    ...). A run without history rows (a skipped one, say) has no row."""
+    rows = [{"key": r.key, "replicate": r.replicate, "treatment": r.treatment, "role": r.role, "n": r.n,
+             "target": r.target, "target_size": r.target_size, **row}
+            for r in records for row in r.history]
+    frame = pd.DataFrame(rows, columns=None if rows else [*HISTORY_ID_COLUMNS, "epoch"])
+    if "target_size" in frame and frame["target_size"].isna().all():
+        frame["target_size"] = frame["target_size"].astype(float)
+    first = [*HISTORY_ID_COLUMNS, "epoch"]
+    return frame[first + [c for c in frame.columns if c not in first]]

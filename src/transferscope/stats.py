@@ -221,19 +221,48 @@ def relative(df: pd.DataFrame, metric: str = HEADLINE_METRIC, by: Sequence[str] 
     roles paired the same way, where both are available.
     """
     by = list(by)
+    per_rep = paired_differences(df, metric, by)
+    if per_rep.empty:
+        return pd.DataFrame(columns=[*by, *RELATIVE_COLUMNS])
+    rows = over_replicates(per_rep, [*by, "quantity", "n"], DIFFERENCE_BOUNDS)
+    order = {q: i for i, q in enumerate([*ROLE_LABELS.values(), *DECOMPOSITION])}
+    rows = rows.assign(_order=rows["quantity"].map(order)).sort_values([*by, "_order", "n"], ignore_index=True)
+    return rows[[*by, *RELATIVE_COLUMNS]].astype({"n": int})
+
+
+def paired_differences(df: pd.DataFrame, metric: str = HEADLINE_METRIC, by: Sequence[str] = ()) -> pd.DataFrame:
+    """The per-replicate paired differences that :func:`relative` summarises: one row per
+    (``by``, quantity, n, replicate) with ``value``, the difference averaged over the replicate's
+    directions, and ``networks``, how many differences it averages.
+
+    ``quantity`` is a display label (e.g. "AnB": the run minus the base of the same replicate and
+    target) or a :data:`DECOMPOSITION` name (the difference of two roles paired the same way).
+    """
+    by = list(by)
     done = done_runs(df, metric)
     paired = paired_to_base(done, metric, by)
     paired["quantity"] = paired["role"].map(ROLE_LABELS)
     parts = [paired[[*by, *PAIR, "quantity", "n", "diff"]], _decomposition_diffs(done, metric, by)]
     parts = [part for part in parts if not part.empty]
     if not parts:
-        return pd.DataFrame(columns=[*by, *RELATIVE_COLUMNS])
-    diffs = pd.concat(parts, ignore_index=True)
-    per_rep = per_replicate(diffs, "diff", [*by, "quantity", "n"])
-    rows = over_replicates(per_rep, [*by, "quantity", "n"], DIFFERENCE_BOUNDS)
+        return pd.DataFrame(columns=[*by, "quantity", "n", "replicate", "value", "networks"])
+    per_rep = per_replicate(pd.concat(parts, ignore_index=True), "diff", [*by, "quantity", "n"])
     order = {q: i for i, q in enumerate([*ROLE_LABELS.values(), *DECOMPOSITION])}
-    rows = rows.assign(_order=rows["quantity"].map(order)).sort_values([*by, "_order", "n"], ignore_index=True)
-    return rows[[*by, *RELATIVE_COLUMNS]].astype({"n": int})
+    per_rep = per_rep.assign(_order=per_rep["quantity"].map(order))
+    return per_rep.sort_values([*by, "_order", "n", "replicate"], ignore_index=True).drop(columns="_order")
+
+
+def paired_table(df: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """:func:`paired_differences` for each target size, as a table to export: ``quantity``, ``n``,
+    ``target_size`` (NaN: the full target data, the rows the report's "X - base" lines summarise),
+    ``replicate``, ``diff`` and ``networks``. A run is paired with the base of its replicate, target
+    and size."""
+    full = -1.0  # a stand-in for NaN while grouping (groupby drops NaN keys)
+    sizes = pd.to_numeric(df["target_size"], errors="coerce") if "target_size" in df else float("nan")
+    table = paired_differences(df.assign(target_size=sizes).fillna({"target_size": full}), metric, ["target_size"])
+    table["target_size"] = table["target_size"].astype(float).where(table["target_size"] != full)
+    table = table.rename(columns={"value": "diff"})
+    return table[["quantity", "n", "target_size", "replicate", "diff", "networks"]]
 
 
 def _decomposition_diffs(done: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
