@@ -25,6 +25,8 @@ from transferscope.precision import Numerics, resolve_device
 from transferscope.progress import Progress
 from transferscope.record import RunRecord
 from transferscope.seeds import STREAMS
+from transferscope.analysis.cache import AnalysisCache, Entry, Inputs, snapshot, written_since
+from transferscope.provenance import provenance
 from transferscope.report import ReportMeta, analyze_study, write_report
 from transferscope.runner import is_source, make_record, shares_frozen_features
 from transferscope.store import Store
@@ -164,7 +166,7 @@ class _Driver:
         if report and not (frame["status"] == "done").any():
             self.bar.message("no finished runs: no report written")
         elif report:
-            report_path = write_study_report(store, study)
+            report_path = write_study_report(store, study, progress=self.progress)
             self.bar.message(f"report: {report_path}")
         return StudyResult(store.root, frame, report_path, tuple(s.key for s in study.plan))
 
@@ -249,12 +251,18 @@ class _Driver:
         self.bar.run_finished(rec.key, rec.status, rec.test_top1, self.epochs[rec.key] - len(rec.history))
 
 
-def write_study_report(store: Store, study: Study | None = None, compare: str | Path | None = None) -> Path:
+def write_study_report(store: Store, study: Study | None = None, compare: str | Path | None = None, *,
+                       analyses: list[str] | tuple[str, ...] | None = None, progress: bool = True,
+                       cache: bool | AnalysisCache = True) -> Path:
     """(Re)write the report of the study in ``store`` from its recorded runs, with the analyses
     (similarity, predicted curve, filters, target sizes, convergence, reading); ``compare`` names
-    another study directory (a dissimilar split, say) to compare with."""
+    another study directory (a dissimilar split, say) to compare with. ``analyses``: which ones
+    (default: the study's ``report.analyses``). ``cache``: an analysis whose inputs are unchanged
+    is read from ``DIR/cache/analyses`` instead of computed (so does the dataset: it is loaded only
+    where an analysis that reads images has to be computed). ``progress``: a line per analysis on
+    stderr."""
     if study is None:
-        study = Study.open(store)
+        study = Study.open(store, images=False)
     cfg = study.config
     skipped = list(study.info.get("skipped", []))
     src = cfg.source
@@ -282,5 +290,19 @@ def write_study_report(store: Store, study: Study | None = None, compare: str | 
     )
     frame = store.frame()
     full = frame[frame["target_size"].isna()] if "target_size" in frame else frame
-    analysis = analyze_study(store, study, store.root / "report", compare=compare)
-    return write_report(full, meta, store.root / "report", analysis=analysis)
+    out = store.root / "report"
+    cache = cache if isinstance(cache, AnalysisCache) else AnalysisCache(store.root, enabled=cache)
+    analysis = analyze_study(store, study, out, compare=compare, analyses=analyses, cache=cache, progress=progress)
+    # the report itself (report.md, report.html, the paper's figures and tables) is cached like an
+    # analysis: its inputs are the records, what the report says of the study, each analysis's key
+    # (a failed one has none, so it is tried again) and the commit the provenance names
+    inputs = Inputs().add("meta", repr(meta)).files("records", (store.root / "runs").glob("*.json"))
+    inputs.add("analyses", cache.keys).add("notes", analysis.notes).add("git", provenance()["git"])
+    key = inputs.key("report")
+    if (entry := cache.load("report", key, out)) is not None:
+        cache.hits.append("report")
+        return out / entry.result
+    before = snapshot(out)
+    path = write_report(full, meta, out, analysis=analysis)
+    cache.save("report", Entry(key, path.name, written_since(out, before), 0.0))
+    return path

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,12 @@ def _study(store: Store, study):
 
 
 def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2048, max_images: int | None = 5000,
-             device: str = "cpu", out: str | Path | None = None) -> Estimate:
+             device: str = "cpu", out: str | Path | None = None,
+             on_step: Callable[[int, int], None] | None = None) -> Estimate:
     """Score every cut point of a study whose base networks are trained (a study run with
     ``treatments.names = ["base"]`` is enough). ``max_images`` caps the images of each part (train,
     validation, test) of each task (a seeded subset). With ``out``, the table is also written there
-    as CSV."""
+    as CSV. ``on_step(done, total)`` is called after each (replicate, target)."""
     store = directory if isinstance(directory, Store) else Store(directory)
     study = _study(store, study)
     cuts = tuple(study.cut_points)
@@ -93,6 +95,9 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
                 rows.append((r, target, source, n, net.block_names[n - 1], ftr.shape[1], ftr.shape[0],
                              logme(ftr, ytr), h_score(ftr, ytr), probe.top1, probe.val_top1,
                              time.perf_counter() - start))
+            if on_step is not None:
+                on_step(r * len(study.config.treatments.targets) + study.config.treatments.targets.index(target) + 1,
+                        study.config.treatments.replicates * len(study.config.treatments.targets))
     if not rows:
         if not all(why.endswith("is not recorded") for why in absent.values()):
             raise UserError(f"{store.root}: no base network has weights to score: " + "; ".join(absent.values()))

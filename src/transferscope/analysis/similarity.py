@@ -15,6 +15,7 @@ per batch, not per image pair). Minibatches are drawn from a seeded permutation 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,17 +59,20 @@ def _finished_finetuned(frame: pd.DataFrame, replicate: int, target: str) -> pd.
 
 
 def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: int = 256, max_images: int = 2048,
-                     seed: int = 0, device: str = "cpu") -> Similarity:
+                     seed: int = 0, device: str = "cpu",
+                     on_step: Callable[[int, int], None] | None = None) -> Similarity:
     """Linear CKA (unbiased HSIC, minibatches of about ``batch_size``) between base networks and
     between each fine-tuned network and its sources, on at most ``max_images`` test images of each
-    target task (a seeded subset)."""
+    target task (a seeded subset). ``on_step(done, total)`` is called after each (replicate, target)."""
     done = frame.loc[frame["status"] == "done"] if len(frame) else frame
     base_rows, ft_rows, notes, missing = [], [], [], []
     skipped: dict[int, str] = {}
     names: tuple[str, ...] = ()
     images = 0
     recorded = {int(x) for x in frame["replicate"]} if len(frame) else set()
-    for r in sorted(recorded | set(range(study.config.treatments.replicates))):
+    replicates = sorted(recorded | set(range(study.config.treatments.replicates)))
+    total, step = len(replicates) * len(study.config.treatments.targets), 0
+    for r in replicates:
         keys = {t: base_key(r, t) for t in ("A", "B")}
         absent = [why for k in keys.values() if (why := weights_absence(store, frame, k))]
         if absent:
@@ -121,6 +125,9 @@ def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: in
                     role, n = meta[key]
                     for i in range(num_layers):
                         ft_rows.append((r, target, key, role, n, i + 1, ref_name, float(values[i, i])))
+            step += 1
+            if on_step is not None:
+                on_step(step, total)
     if missing:
         save = study.config.eval.save_weights
         why = (f"eval.save_weights = \"{save}\" keeps no fine-tuned network" if save == "bases"

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +29,13 @@ import pandas as pd
 
 import transferscope.analysis.convergence as conv
 import transferscope.analysis.recommend as rec
+from transferscope.analysis.cache import AnalysisCache, Entry, Inputs, snapshot, written_since
 from transferscope.analysis.estimate import SCORES, estimate, measured_transfer, score_correlations
 from transferscope.analysis.filters import study_filters
 from transferscope.analysis.networks import weights_absence
 from transferscope.analysis.similarity import base_curve, base_matrix, finetune_table, study_similarity
 from transferscope.errors import UserError, one_line
+from transferscope.progress import ReportProgress
 from transferscope.provenance import provenance
 from transferscope.record import RunRecord
 from transferscope.report.analysis_figures import (
@@ -185,9 +188,9 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
 
 
 def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis,
-                 batch_size: int, max_images: int) -> Section:
+                 batch_size: int, max_images: int, on_step: Callable[[int, int], None] | None = None) -> Section:
 
-    sim = study_similarity(store, study, frame, batch_size=batch_size, max_images=max_images)
+    sim = study_similarity(store, study, frame, batch_size=batch_size, max_images=max_images, on_step=on_step)
     analysis.notes += [f"CKA: {n}" for n in sim.notes]
     not_compared = "".join(f"- replicate {r}: {why}\n" for r, why in sim.skipped.items())
     if sim.bases.empty:
@@ -257,9 +260,9 @@ def _cka_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str
 
 
 def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title: str, analysis: Analysis,
-                      max_features: int) -> Section:
+                      max_features: int, on_step: Callable[[int, int], None] | None = None) -> Section:
 
-    est = estimate(store, study=study, max_features=max_features, out=out / "estimate.csv")
+    est = estimate(store, study=study, max_features=max_features, out=out / "estimate.csv", on_step=on_step)
     analysis.notes += [f"estimate: {n}" for n in est.notes]
     scores = est.scores
     measured = measured_transfer(frame)
@@ -525,12 +528,52 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+#: each analysis (as ``report.analyses`` names it) -> its name in the report's notes and messages
+LABELS = {"convergence": "convergence", "cka": "CKA", "estimate": "estimate", "filters": "filters",
+          "target_sizes": "target sizes", "comparison": "comparison"}
+
+
+def _record_files(store: Store, records: list[RunRecord], full_only: bool) -> list[Path]:
+    return [store.run_path(r.key) for r in records if not (full_only and r.target_size is not None)]
+
+
+def _inputs(store: Store, study, records: list[RunRecord], name: str, params: dict, compare: Path | None) -> Inputs:
+    """What analysis ``name`` reads, for its cache key: the configuration (but its name, where runs
+    execute and what the report computes), the run records it reads (all of them where it reads
+    the reduced-target-data runs, else those on all of their data), the weights files where it
+    loads networks, the data's fingerprint where it reads images, and its parameters."""
+    config = {k: v for k, v in study.config.to_dict().items() if k not in ("name", "execution", "report")}
+    inputs = Inputs().add("config", config).add("params", params)
+    inputs.files("records", _record_files(store, records, full_only=name not in ("convergence", "target_sizes")))
+    if name in ("cka", "estimate", "filters"):
+        inputs.files("weights", (store.root / "weights").glob("*.safetensors"))
+    if name in ("convergence", "cka", "estimate"):
+        inputs.add("data", study.info.get("fingerprint"))
+    if name == "comparison" and compare is not None:
+        other = Store(compare)
+        inputs.add("compare", str(Path(compare).resolve())).files("compare_config", [other.config_path])
+        inputs.files("compare_records", (other.root / "runs").glob("*.json"))
+    return inputs
+
+
 def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | None = None, *,
                   compare: str | Path | None = None, cka: bool = True, estimate: bool = True,
-                  cka_batch_size: int = 256, max_images: int = 2048, max_features: int = 2048) -> Analysis:
-    """Run every analysis of the study in ``store`` and write its figures and tables into
+                  cka_batch_size: int = 256, max_images: int = 2048, max_features: int = 2048,
+                  analyses: Iterable[str] | None = None, cache: bool | AnalysisCache = False,
+                  progress: ReportProgress | bool = False) -> Analysis:
+    """Run the analyses of the study in ``store`` and write their figures and tables into
     ``out_dir`` (default: the study's report folder). ``compare``: another study directory
     (e.g. the dissimilar split) whose AnB - base curve is compared with this one's.
+
+    ``analyses``: which ones (names as in ``report.analyses``: :data:`LABELS`; default: the study's
+    ``report.analyses``, all of them unless it says otherwise). ``cache``: serve each analysis
+    whose inputs are unchanged from ``DIR/cache/analyses`` and store what is computed
+    (:mod:`transferscope.analysis.cache`; an :class:`AnalysisCache` to read its ``hits`` and
+    ``misses`` afterwards). ``progress``: a line per analysis on stderr (or a
+    :class:`~transferscope.progress.ReportProgress`).
+
+    A study opened without its images (``Study.open(store, images=False)``) loads them only if an
+    analysis that reads them has to be computed.
 
     Pass the result to :func:`transferscope.report.write_report` (``analysis=``) to put it in
     report.md and report.html."""
@@ -554,6 +597,36 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
     cfg = study.config
     title = f"{cfg.data.dataset}, {cfg.model.arch}"
     analysis = Analysis()
+    chosen = list(cfg.report.analyses if analyses is None else analyses)
+    unknown = [a for a in chosen if a not in LABELS]
+    if unknown:
+        raise UserError(f"analyses: unknown analysis {unknown[0]!r}; allowed: {', '.join(LABELS)}")
+    cache = cache if isinstance(cache, AnalysisCache) else AnalysisCache(store.root, enabled=bool(cache))
+    compare = Path(compare) if compare is not None else None
+    # the analyses this study can run, in order
+    planned = [a for a in LABELS if a in chosen]
+    if study.config.design == "pretrained":  # these read the two base networks of the paper's design
+        if {"cka", "estimate", "filters"} & set(planned):
+            analysis.notes.append("CKA, the predicted curve and the first-layer filters compare a study's own base "
+                                  "networks A and B; a study from a pretrained network has one base network, and "
+                                  "these analyses do not read the pretrained network P yet: not computed")
+        cka = estimate = False
+    params = {a: {} for a in LABELS}
+    params.update(cka={"batch_size": cka_batch_size, "max_images": max_images}, estimate={"max_features": max_features})
+    skip = {"cka": not cka, "estimate": not estimate, "filters": study.config.design != "split",
+            "comparison": compare is None}
+    planned = [a for a in planned if not skip.get(a, False)]
+    if not isinstance(progress, ReportProgress):
+        expected = {LABELS[a]: cache.expected_seconds(a, _inputs(store, study, records, a, params[a], compare).key(a))
+                    for a in planned}
+        progress = ReportProgress([LABELS[a] for a in planned], expected, enabled=bool(progress))
+    holder = {"study": study}
+
+    def with_images():
+        """The study with its images, loaded now if it was opened without them."""
+        if holder["study"].data is None and holder["study"].missing == "not loaded":
+            holder["study"] = Study.open(store)
+        return holder["study"]
 
     def failed(name: str, e: Exception) -> None:
         """One line in the report's notes and on the terminal; the traceback in errors.log (a
@@ -571,43 +644,83 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
         analysis.notes.append(f"{name}: not computed ({detail}{note})")
         _say(f"transferscope analysis {name!r} failed: {detail}; {where}")
 
-    def attempt(name: str, fn: Callable[[], Section | None], images: bool = False) -> None:
-        if images and study.data is None:
-            analysis.notes.append(f"{name}: not computed: the images are needed and {_no_images(study)}")
-            return
-        try:
-            section = fn()
-        except Exception as e:  # noqa: BLE001  (one analysis failing must not lose the report)
-            failed(name, e)
-            return
+    def merge(part: Analysis, section: Section | None) -> None:
         if section is not None:
             analysis.sections.append(section)
+        analysis.tables.update(part.tables)
+        analysis.figures += [out / Path(f).name for f in part.figures]
+        analysis.notes += part.notes
+        analysis.convergence = part.convergence or analysis.convergence
+        analysis.comparison = part.comparison or analysis.comparison
 
-    attempt("convergence", lambda: _convergence_section(records, study, done, out, title, analysis))
-    if study.config.design == "pretrained":  # these read the two base networks of the paper's design
-        analysis.notes.append("CKA, the predicted curve and the first-layer filters compare a study's own base "
-                              "networks A and B; a study from a pretrained network has one base network, and "
-                              "these analyses do not read the pretrained network P yet: not computed")
-        cka = estimate = False
-    if cka:
-        attempt("CKA", lambda: _cka_section(store, study, full, out, title, analysis, cka_batch_size, max_images),
-                images=True)
-    if estimate:
-        attempt("estimate", lambda: _estimate_section(store, study, full, out, title, analysis, max_features),
-                images=True)
-    if study.config.design == "split":
-        attempt("filters", lambda: _filters_section(store, study, full, out, title, analysis))
-    attempt("target sizes", lambda: _sizes_section(frame, records, out, title, analysis))
-    if compare is not None:
-        def comparison() -> Section:
-            analysis.comparison = compare_studies(compare, store.root)
-            c = analysis.comparison
-            return Section("Comparison with another study",
-                           f"Frozen transfer, AnB - base (paired within each study, one value per replicate), per "
-                           f"cut point: study a = {c.label_a}, study b = {c.label_b} (this one). The difference is "
-                           "b - a with a Welch 95% CI over the replicates of each study (the studies' networks are "
-                           f"independent).\n\n{c.markdown()}\n{c.sentence()}\n\n{c.per_layer()}")
-        attempt("comparison", comparison)
+    def attempt(key: str, fn: Callable[[object, Analysis], Section | None], images: bool | str = False) -> None:
+        """Run analysis ``key`` (or serve it from the cache). ``images``: True where it needs the
+        images, "optional" where it uses them when they are there (a result computed without
+        them is not cached: with them it would differ)."""
+        name = LABELS[key]
+        if key not in planned:
+            return
+        progress.started(name)
+        start = time.perf_counter()
+        if images is True:
+            study_now = with_images()
+            if study_now.data is None:
+                analysis.notes.append(f"{name}: not computed: the images are needed and {_no_images(study_now)}")
+                progress.finished(name, time.perf_counter() - start, cached=False)
+                return
+        inputs_key = _inputs(store, holder["study"], records, key, params[key], compare).key(key)
+        entry = cache.load(key, inputs_key, out)
+        if entry is not None:
+            cache.hits.append(key)
+            cache.keys[key] = inputs_key
+            merge(*entry.result)
+            progress.finished(name, time.perf_counter() - start, cached=True)
+            return
+        cache.misses.append(key)
+        part = Analysis()
+        before = snapshot(out)
+        try:
+            study_now = with_images() if images else holder["study"]
+            section = fn(study_now, part)
+        except Exception as e:  # noqa: BLE001  (one analysis failing must not lose the report)
+            failed(name, e)
+            progress.finished(name, time.perf_counter() - start, cached=False)
+            return
+        seconds = time.perf_counter() - start
+        merge(part, section)
+        if study_now.data is not None or images is False:
+            cache.save(key, Entry(inputs_key, (part, section), written_since(out, before), seconds))
+            cache.keys[key] = inputs_key
+        progress.finished(name, seconds, cached=False)
+
+    def steps(done_steps: int, total: int) -> None:
+        progress.step(done_steps, total, "replicate and target")
+
+    attempt("convergence", lambda st, part: _convergence_section(records, st, done, out, title, part),
+            images="optional")
+    attempt("cka", lambda st, part: _cka_section(store, st, full, out, title, part, cka_batch_size, max_images,
+                                                 steps),
+            images=True)
+    attempt("estimate", lambda st, part: _estimate_section(store, st, full, out, title, part, max_features, steps),
+            images=True)
+    attempt("filters", lambda st, part: _filters_section(store, st, full, out, title, part))
+    attempt("target_sizes", lambda st, part: _sizes_section(frame, records, out, title, part))
+
+    def comparison(st, part: Analysis) -> Section:
+        part.comparison = compare_studies(compare, store.root)
+        c = part.comparison
+        return Section("Comparison with another study",
+                       f"Frozen transfer, AnB - base (paired within each study, one value per replicate), per "
+                       f"cut point: study a = {c.label_a}, study b = {c.label_b} (this one). The difference is "
+                       "b - a with a Welch 95% CI over the replicates of each study (the studies' networks are "
+                       f"independent).\n\n{c.markdown()}\n{c.sentence()}\n\n{c.per_layer()}")
+
+    attempt("comparison", comparison)
+    excluded = [LABELS[a] for a in LABELS if a not in chosen and not (a == "comparison" and compare is None)]
+    if excluded and analyses is None:
+        analysis.notes.append(f"not computed (report.analyses leaves them out): {', '.join(excluded)}")
+    elif excluded:
+        analysis.notes.append(f"not computed (not among the analyses asked for): {', '.join(excluded)}")
     try:
         analysis.reading = reading(done, analysis.convergence, analysis.comparison) if len(done) else []
     except Exception as e:  # noqa: BLE001
@@ -616,4 +729,4 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
     return analysis
 
 
-__all__ = ["Analysis", "Section", "analyze_study", "signed", "slug"]
+__all__ = ["LABELS", "Analysis", "Section", "analyze_study", "signed", "slug"]
