@@ -290,7 +290,7 @@ def test_dry_run_lists_every_run_and_writes_nothing(tmp_path, how, overrides, re
     proc = run_cli(how, "run", *args, "--dry-run", "--output", tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     total = 2 * replicates + replicates * len(cuts) * targets * 5
-    runs = re.findall(r"^(r\d+-\S+)\s+(base|selffer\+?|transfer\+?|random)\s+n=(\d+)\s+target ([AB])\s+needs (\S+)$",
+    runs = re.findall(r"^\s*(r\d+-\S+)\s+(base|selffer\+?|transfer\+?|random)\s+n=(\d+)\s+target ([AB])\s+needs (\S+)$",
                       proc.stdout, re.MULTILINE)
     assert len(runs) == total, proc.stdout
     assert len({r[0] for r in runs}) == total

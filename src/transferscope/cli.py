@@ -15,7 +15,7 @@ from typing import Annotated, Optional, TypeVar
 
 import typer
 
-from transferscope import disk
+from transferscope import disk, dryrun
 from transferscope.analysis import estimate as estimate_curve
 from transferscope.config import load_config
 from transferscope.data import list_datasets
@@ -87,24 +87,7 @@ def run(
     config = load_config(study_file, [*set_, *shortcuts])
     out = output or _default_output(study_file)
     if dry_run:
-        study = Study.prepare(config)
-        typer.echo(study.describe())
-        for spec in study.plan:
-            typer.echo(f"{spec.key:<22} {spec.role:<14} n={spec.n}  target {spec.target}  "
-                       f"needs {spec.depends_on or '-'}")
-        roles = Counter(s.role for s in study.plan)
-        epochs = config.train.epochs
-        reduced = sorted({study.budget(s).epochs for s in study.plan if s.size is not None} - {epochs})
-        if reduced:  # treatments.size_budget = "steps": the full set's steps take more epochs on less data
-            span = f"{reduced[0]}" if len(reduced) == 1 else f"{reduced[0]}-{reduced[-1]}"
-            budget = (f"{epochs} epochs each on full training sets, {span} on reduced target data (as many "
-                      "optimisation steps as the full set)")
-        else:
-            budget = f"{epochs} epochs each"
-        typer.echo(f"{len(study.plan)} runs ({', '.join(f'{v} {k}' for k, v in roles.items())}), "
-                   f"{budget}, results in {out}")
-        typer.echo(f"disk: {disk.estimate(study, study.plan).describe(config.eval.save_weights)}; "
-                   f"{disk.gb(disk.free_bytes(out))} free there")
+        _dry_run(Study.prepare(config, decode=False), out)
         return
     result = run_study(config, out, progress=not quiet)
     bad = result.failed
@@ -115,6 +98,66 @@ def run(
                    + ", ".join(f"{n} {st}" for st, n in counts.items()) + f"): {shown}"
                    + (" ..." if len(bad) > 10 else "") + f"; see `transferscope status {out}`", err=True)
         raise typer.Exit(1)
+
+
+def _dry_run(study: Study, out: Path) -> None:
+    """The plan, the network's layers and what each treatment trains, and the time and disk the
+    study will take (dryrun.py), without training or writing anything."""
+    config = study.config
+    typer.echo(study.describe())
+    net_layers = dryrun.layers(study)
+    typer.echo("layers (output per image; parameters; parameters in layers 1..n, what a copy at n carries):")
+    typer.echo(f"  {'n':>3}  {'layer':<12} {'output':<16} {'parameters':>12} {'layers 1..n':>12}")
+    for layer in net_layers:
+        mark = "" if layer.n in study.cut_points else "   (not a cut point)" if layer.n < study.num_layers else "   (head)"
+        typer.echo(f"  {layer.n:>3}  {layer.name:<12} {'x'.join(map(str, layer.output_shape)):<16} "
+                   f"{layer.params:>12,} {layer.copied_params:>12,}{mark}")
+    trains = dryrun.trainable_params(study)
+    names = list(dict.fromkeys(t for t, _ in trains))
+    typer.echo("trainable parameters by treatment and cut point n:")
+    typer.echo(f"  {'treatment':<12}" + "".join(f"{f'n={n}':>12}" for n in study.cut_points))
+    for name in names:
+        if (name, 0) in trains:
+            typer.echo(f"  {name:<12}{trains[name, 0]:>12,}   (every layer, trained from scratch)")
+            continue
+        typer.echo(f"  {name:<12}" + "".join(f"{trains[name, n]:>12,}" if (name, n) in trains else f"{'-':>12}"
+                                             for n in study.cut_points))
+    typer.echo("runs:")
+    for spec in study.plan:
+        typer.echo(f"  {spec.key:<22} {spec.role:<14} n={spec.n}  target {spec.target}  "
+                   f"needs {spec.depends_on or '-'}")
+    roles = Counter(s.role for s in study.plan)
+    epochs = config.train.epochs
+    reduced = sorted({study.budget(s).epochs for s in study.plan if s.size is not None} - {epochs})
+    if reduced:  # treatments.size_budget = "steps": the full set's steps take more epochs on less data
+        span = f"{reduced[0]}" if len(reduced) == 1 else f"{reduced[0]}-{reduced[-1]}"
+        budget = (f"{epochs} epochs each on full training sets, {span} on reduced target data (as many "
+                  "optimisation steps as the full set)")
+    else:
+        budget = f"{epochs} epochs each"
+    typer.echo(f"{len(study.plan)} runs ({', '.join(f'{v} {k}' for k, v in roles.items())}), "
+               f"{budget}, results in {out}")
+    cal = dryrun.calibrate(study)
+    est = dryrun.estimate_time(study, cal)
+    where = (f"with {est.workers} worker process(es)" if config.execution.executor == "local" else
+             "in one worker (divide by the cluster's workers)")
+    typer.echo(f"time: about {_minutes(est.wall_seconds)} {where}, {_minutes(est.worker_seconds)} of worker time "
+               f"(calibrated here: one training step of the whole network {cal.step * 1e3:.0f} ms at batch "
+               f"{cal.batch_size}, {cal.numerics} on {cal.device}, {cal.threads} thread(s) per worker); start-up, "
+               "data loading and the report come on top")
+    busy = dryrun.busy_note()
+    if busy:
+        typer.echo(f"note: {busy}")
+    typer.echo(f"disk: {disk.estimate(study, study.plan).describe(config.eval.save_weights)}; "
+               f"{disk.gb(disk.free_bytes(out))} free there")
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @app.command()

@@ -36,6 +36,18 @@ def describe_data(data: ImageData) -> dict[str, Any]:
             "per_class": dict(zip(data.class_names, counts)), "skipped": list(data.skipped)}
 
 
+#: class names a task's line shows before it says how many more there are
+SHOWN_CLASSES = 6
+
+
+def few(names: tuple[str, ...]) -> str:
+    """A task's classes for a progress line: all of up to :data:`SHOWN_CLASSES`, else how many and
+    the first few."""
+    if len(names) <= SHOWN_CLASSES:
+        return ", ".join(names)
+    return f"{len(names)} classes ({', '.join(names[:SHOWN_CLASSES - 2])}, ...)"
+
+
 def fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
@@ -73,13 +85,15 @@ class Study:
     input_config: dict[str, Any] | None = None
     _splits: dict[int, ClassSplit] = field(default_factory=dict)
     _tasks: dict[tuple[int, str, float | int | None], Task] = field(default_factory=dict)
-    _train_labels: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    _part_labels: dict[tuple[int, str], dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, config: StudyConfig, splits: dict[int, dict[str, Any]] | None = None) -> Study:
+    def prepare(cls, config: StudyConfig, splits: dict[int, dict[str, Any]] | None = None,
+                decode: bool = True) -> Study:
         """Load the data and plan the runs. ``splits`` (as saved in splits.json) replaces
-        drawing the class splits again, e.g. for a finished study whose split file moved."""
-        data = load_dataset(config.data)
+        drawing the class splits again, e.g. for a finished study whose split file moved.
+        ``decode=False`` leaves image files not decoded before undecoded (to plan, not to train)."""
+        data = load_dataset(config.data, decode=decode)
         study = cls._build(config, data, describe_data(data), splits)
         if config.design == "pretrained":
             study.check_source()  # a bad [source] is one line now, before anything is written or trained
@@ -179,13 +193,21 @@ class Study:
                 "test_fraction": d.test_fraction, "seed": derive_seed("partition", self.config.seed, replicate, name),
                 "train_per_class": d.train_per_class}
 
+    def _labels(self, replicate: int, name: str, part: str) -> torch.Tensor:
+        if (replicate, name) not in self._part_labels:
+            self._part_labels[replicate, name] = {k: y for k, (_, y) in
+                                                  partition(**self._partition_args(replicate, name)).items()}
+        return self._part_labels[replicate, name][part]
+
     def train_images(self, replicate: int, name: str, size: float | int | None = None) -> int:
         """How many training images :meth:`task` gives, counted from the labels alone (the driver
         plans every run's budget without loading any task's images)."""
-        if (replicate, name) not in self._train_labels:
-            self._train_labels[replicate, name] = partition(**self._partition_args(replicate, name))["train"][1]
-        y = self._train_labels[replicate, name]
+        y = self._labels(replicate, name, "train")
         return len(y) if size is None else len(reduced(y, len(self.split(replicate).classes(name)), size))
+
+    def eval_images(self, replicate: int, name: str) -> tuple[int, int]:
+        """How many validation and test images :meth:`task` gives (from the labels alone)."""
+        return len(self._labels(replicate, name, "val")), len(self._labels(replicate, name, "test"))
 
     def budget(self, spec: RunSpec) -> Budget:
         """How long ``spec`` trains: ``train.epochs`` on its task's full training set, and on
@@ -265,5 +287,7 @@ class Study:
             return "\n".join(lines)
         for r in range(t.replicates):
             s = self.split(r)
-            lines.append(f"  replicate {r}: {s.description}; A = {', '.join(s.names('A'))}; B = {', '.join(s.names('B'))}")
+            lines.append(f"  replicate {r}: {s.description}; A = {few(s.names('A'))}; B = {few(s.names('B'))}")
+        if any(len(self.split(r).names(task)) > SHOWN_CLASSES for r in range(t.replicates) for task in ("A", "B")):
+            lines.append("  (every class of every task: splits.json in the results directory, and the report)")
         return "\n".join(lines)

@@ -255,10 +255,13 @@ def _probe_all(cfg: DataConfig, root: Path, paths: Sequence[str]) -> tuple[str, 
 
 def images_from_files(cfg: DataConfig, root: Path, paths: list[str], labels: np.ndarray,
                       is_test: np.ndarray | None, class_names: tuple[str, ...], groups: dict[str, str], *,
-                      name: str, mode: str | None = None, flip_ok: bool | None = None) -> ImageData:
+                      name: str, mode: str | None = None, flip_ok: bool | None = None,
+                      decode: bool = True) -> ImageData:
     """ImageData from image files: from the cache when it has them, else decoded into memory (and
     cached) when they fit ``data.memory_limit_gb``, else streamed by a FileReader.
-    ``mode`` ('L'/'RGB') forces a colour mode; ``flip_ok`` None means: flip colour images only."""
+    ``mode`` ('L'/'RGB') forces a colour mode; ``flip_ok`` None means: flip colour images only.
+    Without ``decode``, files not in the cache are not decoded (nor probed, nor cached): they stream,
+    with the colour mode and size of the first (for a plan; a run decodes and checks them all)."""
     stats = file_stats(root, paths)
     entry = CacheEntry(cfg, cache_key(cfg, root, stats, mode=mode))
 
@@ -295,6 +298,11 @@ def images_from_files(cfg: DataConfig, root: Path, paths: list[str], labels: np.
             return build(keep, [i for i, p in enumerate(paths) if p in gone], reader=reader,
                          fingerprint=meta.get("fingerprint", "") if meta["stream"] else "")
 
+    if not decode:
+        first = decode_file(paths[0], mode, cfg.image_size)
+        shape = (1 if first.ndim == 2 else 3, *first.shape[:2])
+        return build(list(range(len(paths))), [],
+                     reader=FileReader(paths, "L" if shape[0] == 1 else "RGB", cfg.image_size, shape))
     # the decoded size, at most (colour): from data.image_size or the first image's size
     if cfg.image_size is not None:
         h = w = cfg.image_size
@@ -351,8 +359,8 @@ def folder_root(cfg: DataConfig, what: str) -> Path:
 @register_dataset("imagefolder", "any folder of images: ROOT/<class>/<img>, ROOT/{train,test}/<class>/<img>, "
                   "or ROOT/[split/]<group>/<class>/<img> (groups); every PIL format; sizes as found "
                   "(or data.image_size)")
-def load_imagefolder(cfg: DataConfig) -> ImageData:
+def load_imagefolder(cfg: DataConfig, decode: bool = True) -> ImageData:
     root = folder_root(cfg, "imagefolder")
     scan = scan_folder(root)
     return images_from_files(cfg, root, scan.paths, scan.labels, scan.is_test, scan.class_names, scan.groups,
-                             name=f"imagefolder:{root.name}")
+                             name=f"imagefolder:{root.name}", decode=decode)

@@ -11,6 +11,7 @@ official test split, and a fingerprint that is equal if and only if the decoded 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -89,7 +90,7 @@ class ImageData:
         return self.reader.shape  # type: ignore[union-attr]
 
 
-Loader = Callable[[DataConfig], ImageData]
+Loader = Callable[..., ImageData]  # (cfg) or (cfg, decode=...)
 _DATASETS: dict[str, tuple[Loader, str]] = {}
 
 
@@ -108,11 +109,16 @@ def list_datasets() -> dict[str, str]:
     return {k: d for k, (_, d) in sorted(_DATASETS.items())}
 
 
-def load_dataset(cfg: DataConfig | str) -> ImageData:
-    """Load the dataset that ``cfg`` names (a bare name means its default options)."""
+def load_dataset(cfg: DataConfig | str, decode: bool = True) -> ImageData:
+    """Load the dataset that ``cfg`` names (a bare name means its default options). With ``decode``
+    false, a set of image files not decoded before is not decoded now: its images stream from their
+    files (labels, classes and the image shape are all a plan needs; see ``--dry-run``). Loaders
+    that read image files take ``decode``; the others load arrays, cheap either way."""
     if isinstance(cfg, str):
         cfg = DataConfig(dataset=cfg)
     if cfg.dataset not in _DATASETS:
         raise UserError(f"data.dataset: unknown dataset {cfg.dataset!r}; available: {', '.join(sorted(_DATASETS))}")
     loader, _ = _DATASETS[cfg.dataset]
+    if not decode and "decode" in inspect.signature(loader).parameters:
+        return loader(cfg, decode=False)
     return loader(cfg)

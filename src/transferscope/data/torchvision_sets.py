@@ -279,7 +279,7 @@ IMAGENET_MANUAL = ("download ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar an
 @register_dataset("imagenet", "ImageNet ILSVRC-2012 (torchvision layout, manual download): 1,000 classes named by "
                   "WordNet id (readable names: data.semantic.imagenet_names()), 1,281,167 train + 50,000 val "
                   "images of varying size (set data.image_size); streamed unless they fit memory")
-def load_imagenet(cfg: DataConfig) -> ImageData:
+def load_imagenet(cfg: DataConfig, decode: bool = True) -> ImageData:
     from torchvision.datasets import ImageNet
 
 
@@ -310,4 +310,5 @@ def load_imagenet(cfg: DataConfig) -> ImageData:
     paths = [p for part in parts for p, _ in part.samples]
     labels = np.array([c for part in parts for _, c in part.samples], dtype=np.int64)
     is_test = np.concatenate([np.zeros(len(parts[0].samples), bool), np.ones(len(parts[1].samples), bool)])
-    return images_from_files(cfg, root, paths, labels, is_test, wnids, {}, name="imagenet", mode="RGB", flip_ok=True)
+    return images_from_files(cfg, root, paths, labels, is_test, wnids, {}, name="imagenet", mode="RGB", flip_ok=True,
+                             decode=decode)
