@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,11 @@ def tensorboard_runs(study: Path) -> dict:
     return out
 
 
-def mlflow_runs(study: Path) -> list:
+def mlflow_runs(study: Path, experiment: str = "study") -> tuple:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri(study / "logs" / "mlflow"))
-    experiment = client.get_experiment_by_name("study")
+    experiment = client.get_experiment_by_name(experiment)
     return client, client.search_runs([experiment.experiment_id], max_results=1000)
 
 
@@ -155,14 +156,40 @@ def test_a_retried_run_replaces_its_entry(logged, tmp_path):
     assert len(list(folder.glob("events.*"))) == 1
 
 
+def test_a_run_recorded_again_while_logging_was_off_is_logged_again_and_a_renamed_study_keeps_its_experiment(
+        logged, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(logged, study)
+    path = study / "runs" / "r0-BnB-n1.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "failed", "error": "RuntimeError: boom"}))
+    _, runs = mlflow_runs(study)
+    before = {r.info.run_name: r.info.run_id for r in runs}
+    mark = (study / "logs" / "tensorboard" / "r0-BnB-n1" / "transferscope.json").read_text()
+
+    time.sleep(1.1)  # records are stamped to the second: the retrained one is finished later than the logged one
+    run(study)  # retrained with logging off: the backends hold the old record
+    run(study, LOG, "name=renamed")
+
+    client, runs = mlflow_runs(study, "renamed")
+    now = {r.info.run_name: r.info.run_id for r in runs}
+    assert client.get_experiment_by_name("study") is None and len(client.search_experiments()) == 2  # and Default
+    assert sorted(now) == sorted(before)
+    assert [k for k in now if now[k] != before[k]] == ["r0-BnB-n1"]
+    rec = records(study)["r0-BnB-n1"]
+    new = next(r for r in runs if r.info.run_name == "r0-BnB-n1")
+    assert new.data.tags["transferscope.finished_at"] == rec.finished_at
+    assert new.data.metrics["final/test_top1"] == rec.test_top1
+    again = json.loads((study / "logs" / "tensorboard" / "r0-BnB-n1" / "transferscope.json").read_text())
+    assert again == {"key": "r0-BnB-n1", "status": "done", "finished_at": rec.finished_at} != json.loads(mark)
+
+
 def test_logging_switched_on_for_a_finished_study_logs_every_run(tmp_path):
     study = tmp_path / "study"
     run(study)
     assert not (study / "logs").exists()
-    run(study, 'execution.log=["mlflow"]')
-    _, runs = mlflow_runs(study)
-    assert sorted(r.info.run_name for r in runs) == sorted(records(study))
-    assert not (study / "logs" / "tensorboard").exists()
+    run(study, 'execution.log=["tensorboard"]')  # MLflow's filling in is checked above, on a copy of `logged`
+    assert sorted(tensorboard_runs(study)) == sorted(records(study))
+    assert not (study / "logs" / "mlflow").exists()
 
 
 def test_an_unknown_backend_is_one_line_naming_the_allowed_ones():

@@ -2,17 +2,18 @@
 event files and an MLflow tracking store, as ``execution.log`` asks.
 
 The driver logs a run when it records it (:meth:`Trackers.log`), whichever executor trained it.
-Logging is idempotent, by run key: each backend holds a run once. A run recorded again (a failed
-run retried) replaces what was logged of it; when a session starts, the recorded runs a backend
-does not hold (logging was off before, or the driver stopped between the record and the log) are
-logged, and the ones it holds are not logged again.
+Logging is idempotent, by run key: each backend holds a run once, as last recorded. A run
+recorded again (a failed run retried) replaces what was logged of it; when a session starts, the
+recorded runs a backend does not hold as recorded (logging was off, or the driver stopped between
+the record and the log) are logged, and the ones it holds are not logged again.
 
 Where, in the study directory::
 
     logs/tensorboard/<run key>/  one event file per run: history/<column> per epoch (step = epoch),
-                                 final/<metric> at the last epoch, the run's parameters as hparams
+                                 final/<metric> at the last epoch, the run's parameters as hparams;
+                                 beside it, transferscope.json: the record it was written from
     logs/mlflow/mlflow.db        an MLflow SQLite store (MLflow 3 refuses new file stores): one
-                                 experiment named after the study, one run per key, named by it
+                                 experiment named after the study (renamed with it), one run per key
 
 The packages are optional and imported only when a backend is asked for; :func:`check_available`
 says in one line which one is missing. MLflow's usage telemetry is off unless the environment
@@ -39,8 +40,13 @@ from transferscope.record import RunRecord
 
 #: the folder of the study directory that the backends write under
 LOG_DIR = "logs"
-#: MLflow tag that names the transferscope run (a run's name may be edited in the UI)
+#: MLflow tags: the transferscope run (a run's name may be edited in the UI), when its record was
+#: finished (which record a backend holds), and the study's experiment (which may be renamed)
 KEY_TAG = "transferscope.key"
+FINISHED_TAG = "transferscope.finished_at"
+STUDY_TAG = "transferscope.study"
+#: in a TensorBoard run folder: which record it was written from
+TENSORBOARD_MARK = "transferscope.json"
 #: MLflow's limit on a parameter's value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3)
 MAX_PARAM_LENGTH = 6000
 #: MLflow's run statuses for a record's status
@@ -50,9 +56,10 @@ Param = str | int | float | bool
 
 
 class Tracker(Protocol):
-    """One backend: which runs it holds, and logging one (replacing what it held of that key)."""
+    """One backend: whether it holds a record as recorded, and logging one (replacing what it
+    held of that key)."""
 
-    def has(self, key: str) -> bool: ...
+    def has(self, rec: RunRecord) -> bool: ...
 
     def log(self, rec: RunRecord) -> None: ...
 
@@ -179,8 +186,12 @@ class TensorBoardLog:
         self._writer = _summary_writer()
         root.mkdir(parents=True, exist_ok=True)
 
-    def has(self, key: str) -> bool:
-        return next((self.root / key).glob("events.out.tfevents.*"), None) is not None
+    def has(self, rec: RunRecord) -> bool:
+        try:
+            mark = json.loads((self.root / rec.key / TENSORBOARD_MARK).read_text())
+        except (OSError, ValueError):
+            return False
+        return mark == _mark(rec)
 
     def log(self, rec: RunRecord) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -199,6 +210,7 @@ class TensorBoardLog:
                 writer.file_writer.add_summary(summary)
         finally:
             writer.close()
+        (partial / TENSORBOARD_MARK).write_text(json.dumps(_mark(rec)))
         shutil.rmtree(self.root / rec.key, ignore_errors=True)
         partial.rename(self.root / rec.key)
 
@@ -218,40 +230,44 @@ class MlflowLog:
         logger.setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..." in the progress
         try:
             self.client = client = mlflow.tracking.MlflowClient(tracking_uri=self.uri)
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
+            ours = client.search_experiments(view_type=ViewType.ALL, filter_string=f"tags.`{STUDY_TAG}` = 'true'")
+            if not ours:
                 self.experiment_id = client.create_experiment(
-                    experiment, artifact_location=(root / "artifacts").resolve().as_uri())
-            else:
+                    experiment, artifact_location=(root / "artifacts").resolve().as_uri(), tags={STUDY_TAG: "true"})
+            else:  # the study's experiment, named as the study is now
+                found = ours[0]
                 self.experiment_id = found.experiment_id
                 if found.lifecycle_stage == "deleted":
                     client.restore_experiment(found.experiment_id)
+                if found.name != experiment:
+                    client.rename_experiment(found.experiment_id, experiment)
         finally:
             logger.setLevel(level)
-        self.runs: dict[str, str] = {}  # run key -> MLflow run id
+        self.runs: dict[str, tuple[str, str | None]] = {}  # run key -> (MLflow run id, its record's finish)
         token = None
         while True:
             page = client.search_runs([self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
                                       page_token=token)
             for run in page:
                 if KEY_TAG in run.data.tags:
-                    self.runs.setdefault(run.data.tags[KEY_TAG], run.info.run_id)
+                    self.runs.setdefault(run.data.tags[KEY_TAG], (run.info.run_id, run.data.tags.get(FINISHED_TAG)))
             token = page.token
             if not token:
                 break
 
-    def has(self, key: str) -> bool:
-        return key in self.runs
+    def has(self, rec: RunRecord) -> bool:
+        return rec.key in self.runs and self.runs[rec.key][1] == str(rec.finished_at)
 
     def log(self, rec: RunRecord) -> None:
         from mlflow.entities import Metric, Param as MlflowParam
 
         client = self.client
         if rec.key in self.runs:  # logged before (a retried run): the new record replaces it
-            client.delete_run(self.runs.pop(rec.key))
+            client.delete_run(self.runs.pop(rec.key)[0])
         start, end = _times_ms(rec)
         run = client.create_run(self.experiment_id, start_time=start, run_name=rec.key,
-                                tags={KEY_TAG: rec.key, "transferscope.status": rec.status})
+                                tags={KEY_TAG: rec.key, FINISHED_TAG: str(rec.finished_at),
+                                      "transferscope.status": rec.status})
         run_id = run.info.run_id
         params = [MlflowParam(_param_name(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in run_params(rec).items()]
         metrics = [Metric(name, value, end, step) for step, name, value in epoch_metrics(rec)]
@@ -261,7 +277,12 @@ class MlflowLog:
         for i in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[i:i + 1000])
         client.set_terminated(run_id, status=MLFLOW_STATUS.get(rec.status, "FAILED"), end_time=end)
-        self.runs[rec.key] = run_id
+        self.runs[rec.key] = (run_id, str(rec.finished_at))
+
+
+def _mark(rec: RunRecord) -> dict[str, Any]:
+    """What tells one record of a run from another: its status and when it was finished."""
+    return {"key": rec.key, "status": rec.status, "finished_at": rec.finished_at}
 
 
 def _param_name(name: str) -> str:
@@ -290,7 +311,7 @@ class Trackers:
     def open(cls, names: Iterable[str], study_root: Path, experiment: str,
              recorded: Callable[[], Iterable[RunRecord]] = tuple) -> Trackers:
         """Open each backend in ``names`` (each installed as the extra of its name) and log the
-        runs ``recorded()`` returns that it does not hold yet."""
+        runs ``recorded()`` returns that it does not hold as recorded."""
         made: dict[str, Tracker] = {}
         for name in names:
             if name == "tensorboard":
@@ -303,7 +324,7 @@ class Trackers:
         if made:
             for rec in recorded():
                 for tracker in made.values():
-                    if not tracker.has(rec.key):
+                    if not tracker.has(rec):
                         tracker.log(rec)
         return trackers
 
