@@ -234,3 +234,19 @@ def test_every_paragraph_once(report_dir: Path) -> None:
     assert text.count("- This report:") == 1 and "- This report: the runs' commit (dirty: " in text  # the sha once
     assert repeated_paragraphs("A line long enough to count as a paragraph of the report, surely.\n\n| x |\n\n"
                                "A line long enough to count as a paragraph of the report, surely.\n")
+
+
+def test_every_paragraph_once_with_a_comparison(report_dir: Path, tmp_path: Path) -> None:
+    """The comparison's claim is in the Reading; its section holds the tables (it said the claim again)."""
+    from transferscope.report import ReportMeta, analyze_study, write_report
+    from transferscope.store import Store
+
+    study = report_dir.parent
+    analysis = analyze_study(Store(study), out_dir=tmp_path, compare=study, analyses=["comparison"])
+    assert [s.title for s in analysis.sections] == ["Comparison with another study"]
+    frame = Store(study).frame()
+    meta = ReportMeta(dataset="digits", split="random 5/5", arch="convnet", replicates=2, num_layers=4,
+                      cut_points=(1, 2))
+    text = write_report(frame[frame["target_size"].isna()], meta, tmp_path, analysis=analysis).read_text()
+    assert repeated_paragraphs(text) == []
+    assert text.count(analysis.comparison.sentence()) == 1 and "a: study [a]" in text

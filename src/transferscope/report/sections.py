@@ -713,7 +713,7 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
                        f"Frozen transfer, AnB - base (paired within each study, one value per replicate), per "
                        f"cut point: study a = {c.label_a}, study b = {c.label_b} (this one). The difference is "
                        "b - a with a Welch 95% CI over the replicates of each study (the studies' networks are "
-                       f"independent).\n\n{c.markdown()}\n{c.sentence()}\n\n{c.per_layer()}")
+                       f"independent).\n\n{c.markdown()}\nWhat the table shows is stated in the Reading.\n\n{c.per_layer()}")
 
     attempt("comparison", comparison)
     excluded = [LABELS[a] for a in LABELS if a not in chosen and not (a == "comparison" and compare is None)]
