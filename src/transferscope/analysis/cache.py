@@ -35,10 +35,14 @@ FORMAT = 1
 def code_identity() -> str:
     """transferscope's version and a digest of every source file of the package (computed once
     per process)."""
-    import transferscope
+    from importlib import metadata
 
-    root = Path(transferscope.__file__).parent
-    digest = hashlib.sha256(f"{transferscope.__version__}/{FORMAT}".encode())
+    try:
+        version = metadata.version("transferscope")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        version = "unknown"
+    root = Path(__file__).resolve().parent.parent  # the transferscope package
+    digest = hashlib.sha256(f"{version}/{FORMAT}".encode())
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
