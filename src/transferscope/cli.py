@@ -17,7 +17,7 @@ import typer
 
 from transferscope import disk, dryrun
 from transferscope.analysis import estimate as estimate_curve
-from transferscope.config import load_config
+from transferscope.config import ANALYSES, load_config
 from transferscope.data import list_datasets
 from transferscope.driver import run_study, write_study_report
 from transferscope.errors import Interrupted, UserError, request_stop
@@ -235,14 +235,20 @@ def export(
 def report(
     directory: Annotated[Path, typer.Argument(help="A study's results directory.")],
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Another study directory (e.g. the dissimilar split): compare AnB - base with it.")] = None,
+    analyses: Annotated[Optional[str], typer.Option("--analyses", help=f"Comma-separated analyses to run [default: the study's report.analyses]: {', '.join(ANALYSES)}.")] = None,
 ) -> None:
-    """(Re)write the report of a study from its recorded runs (report.md and report.html)."""
+    """(Re)write the report of a study from its recorded runs (report.md and report.html); an
+    analysis whose inputs are unchanged is read from DIR/cache/analyses."""
 
+    chosen = None if analyses is None else [a.strip() for a in analyses.split(",") if a.strip()]
+    for name in chosen or []:
+        if name not in ANALYSES:
+            raise UserError(f"--analyses: unknown analysis {name!r}; allowed: {', '.join(ANALYSES)}")
     store = Store(directory)
     store.load_config()  # a clear error when this is not a study directory
     if compare is not None:
         Store(compare).load_config()  # checked before anything is written
-    typer.echo(f"report: {write_study_report(store, compare=compare)}")
+    typer.echo(f"report: {write_study_report(store, compare=compare, analyses=chosen)}")
 
 
 @app.command()
