@@ -7,7 +7,6 @@ the source, the probe with an independent ridge regression (scikit-learn) on the
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
