@@ -95,6 +95,8 @@ def test_every_run_is_in_mlflow_once_with_params_history_and_final_metrics(logge
     recs = records(logged)
     client, runs = mlflow_runs(logged)
     assert sorted(r.info.run_name for r in runs) == sorted(recs)
+    # MLflow's UI lists the experiment's training runs (not GenAI traces)
+    assert client.get_experiment_by_name("study").tags["mlflow.experimentKind"] == "custom_model_development"
     for run in runs:
         rec = recs[run.info.run_name]
         assert run.data.tags[KEY_TAG] == rec.key and run.info.status == "FINISHED"

@@ -45,6 +45,8 @@ LOG_DIR = "logs"
 KEY_TAG = "transferscope.key"
 FINISHED_TAG = "transferscope.finished_at"
 STUDY_TAG = "transferscope.study"
+#: MLflow's UI opens an experiment of this kind on its runs (training runs, not GenAI traces)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 #: in a TensorBoard run folder: which record it was written from
 TENSORBOARD_MARK = "transferscope.json"
 #: MLflow's limit on a parameter's value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3)
@@ -233,7 +235,8 @@ class MlflowLog:
             ours = client.search_experiments(view_type=ViewType.ALL, filter_string=f"tags.`{STUDY_TAG}` = 'true'")
             if not ours:
                 self.experiment_id = client.create_experiment(
-                    experiment, artifact_location=(root / "artifacts").resolve().as_uri(), tags={STUDY_TAG: "true"})
+                    experiment, artifact_location=(root / "artifacts").resolve().as_uri(),
+                    tags={STUDY_TAG: "true", **EXPERIMENT_KIND})
             else:  # the study's experiment, named as the study is now
                 found = ours[0]
                 self.experiment_id = found.experiment_id
@@ -241,6 +244,9 @@ class MlflowLog:
                     client.restore_experiment(found.experiment_id)
                 if found.name != experiment:
                     client.rename_experiment(found.experiment_id, experiment)
+                for tag, value in EXPERIMENT_KIND.items():
+                    if found.tags.get(tag) != value:
+                        client.set_experiment_tag(found.experiment_id, tag, value)
         finally:
             logger.setLevel(level)
         self.runs: dict[str, tuple[str, str | None]] = {}  # run key -> (MLflow run id, its record's finish)
