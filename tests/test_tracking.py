@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -241,24 +240,3 @@ def test_a_missing_part_of_the_mlflow_extra_is_named(monkeypatch):
                                         r"pip install 'transferscope\[mlflow\]'$"):
         check_available(["tensorboard", "mlflow"])
 
-
-def test_runs_trained_on_ray_are_logged_by_the_driver(logged, tmp_path):
-    """The driver logs what it records, whichever executor trained it: a study on a Ray cluster of its
-    own (address "local": never another session's) logs the same runs with the same history."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'transferscope[ray]')")
-    temp = tempfile.mkdtemp(prefix="ts-ray-")  # short: Ray's socket paths must fit in 107 bytes
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, _temp_dir=temp)
-    try:
-        study = tmp_path / "study"
-        result = run(study, 'execution.log=["tensorboard"]', "execution.executor=ray")
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-    assert len(result.failed) == 0
-    local, on_ray = tensorboard_runs(logged), tensorboard_runs(study)
-    assert sorted(on_ray) == sorted(records(study)) == sorted(local)
-    for key, acc in on_ray.items():
-        rec = records(study)[key]
-        got = [(e.step, e.value) for e in acc.Scalars("history/val_top1")]
-        assert got == [(e.step, e.value) for e in local[key].Scalars("history/val_top1")]  # the same numbers
-        assert [v for _, v in got] == pytest.approx([row["val_top1"] for row in rec.history], rel=1e-6)
