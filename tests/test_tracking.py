@@ -122,6 +122,9 @@ def test_a_resumed_study_logs_nothing_twice_and_fills_in_what_a_backend_lacks(lo
     client, runs = mlflow_runs(study)
     ids = {r.info.run_name: r.info.run_id for r in runs}
     client.delete_run(ids["r0-AnB-n1"])  # as if the driver had stopped between the record and the log
+    client.delete_run(ids["r0-BnA-n1"])  # ... or in the middle of the log: a run without its last tag
+    experiment = client.get_experiment_by_name("study").experiment_id
+    cut = client.create_run(experiment, run_name="r0-BnA-n1", tags={KEY_TAG: "r0-BnA-n1"}).info.run_id
     shutil.rmtree(study / "logs" / "tensorboard" / "r1-baseA")
     events = {p.relative_to(study): p.read_bytes() for p in (study / "logs" / "tensorboard").rglob("events.*")}
 
@@ -131,7 +134,9 @@ def test_a_resumed_study_logs_nothing_twice_and_fills_in_what_a_backend_lacks(lo
     client, runs = mlflow_runs(study)
     now = {r.info.run_name: r.info.run_id for r in runs}
     assert sorted(now) == sorted(records(study))
-    assert {k: v for k, v in now.items() if k != "r0-AnB-n1"} == {k: v for k, v in ids.items() if k != "r0-AnB-n1"}
+    again = ("r0-AnB-n1", "r0-BnA-n1")
+    assert {k: v for k, v in now.items() if k not in again} == {k: v for k, v in ids.items() if k not in again}
+    assert now["r0-BnA-n1"] != cut and client.get_run(cut).info.lifecycle_stage == "deleted"
     assert sorted(tensorboard_runs(study)) == sorted(records(study))
     after = {p.relative_to(study): p.read_bytes() for p in (study / "logs" / "tensorboard").rglob("events.*")}
     assert {k: v for k, v in after.items() if k.parent.name != "r1-baseA"} == events

@@ -272,8 +272,7 @@ class MlflowLog:
             client.delete_run(self.runs.pop(rec.key)[0])
         start, end = _times_ms(rec)
         run = client.create_run(self.experiment_id, start_time=start, run_name=rec.key,
-                                tags={KEY_TAG: rec.key, FINISHED_TAG: str(rec.finished_at),
-                                      "transferscope.status": rec.status})
+                                tags={KEY_TAG: rec.key, "transferscope.status": rec.status})
         run_id = run.info.run_id
         params = [MlflowParam(_param_name(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in run_params(rec).items()]
         metrics = [Metric(name, value, end, step) for step, name, value in epoch_metrics(rec)]
@@ -283,6 +282,7 @@ class MlflowLog:
         for i in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[i:i + 1000])
         client.set_terminated(run_id, status=MLFLOW_STATUS.get(rec.status, "FAILED"), end_time=end)
+        client.set_tag(run_id, FINISHED_TAG, str(rec.finished_at))  # last: a run cut short is logged again
         self.runs[rec.key] = (run_id, str(rec.finished_at))
 
 
