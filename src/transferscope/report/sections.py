@@ -662,20 +662,20 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
             return
         progress.started(name)
         start = time.perf_counter()
-        if images is True:
-            study_now = with_images()
-            if study_now.data is None:
-                analysis.notes.append(f"{name}: not computed: the images are needed and {_no_images(study_now)}")
-                progress.finished(name, time.perf_counter() - start, cached=False)
-                return
         inputs_key = _inputs(store, holder["study"], records, key, params[key], compare).key(key)
-        entry = cache.load(key, inputs_key, out)
+        entry = cache.load(key, inputs_key, out)  # before the images: a cached result needs none
         if entry is not None:
             cache.hits.append(key)
             cache.keys[key] = inputs_key
             merge(*entry.result)
             progress.finished(name, time.perf_counter() - start, cached=True)
             return
+        if images is True:
+            study_now = with_images()
+            if study_now.data is None:
+                analysis.notes.append(f"{name}: not computed: the images are needed and {_no_images(study_now)}")
+                progress.finished(name, time.perf_counter() - start, cached=False)
+                return
         cache.misses.append(key)
         part = Analysis()
         before = snapshot(out)
