@@ -12,13 +12,15 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from transferscope.precision import torch_threads
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -99,14 +101,7 @@ def machine_line(m: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------ timing
 
 
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+threads = torch_threads  # torch's thread count for a block, restored after
 
 
 class Timer:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from transferscope.analysis.networks import reduce_features
 from transferscope.executors import default_workers
-from transferscope.precision import Numerics, resolve_device
+from transferscope.precision import Numerics, resolve_device, torch_threads
 from transferscope.runner import PROBE_FEATURES, shares_frozen_features
 from transferscope.surgery import freeze, parameter_counts
 from transferscope.treatments import RunSpec, group_jobs
@@ -107,16 +106,6 @@ class Calibration:
         return sum(self.block_forward[n:]) / self.forward if self.forward > 0 else 1.0
 
 
-@contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def calibrate(study: Study, seconds: float = 1.0, max_steps: int = 20) -> Calibration:
     """Time SGD steps of the study's network on random images, as a worker would run them (after
     two untimed ones; for about ``seconds`` or ``max_steps``, at least two; the median), and
@@ -135,7 +124,7 @@ def calibrate(study: Study, seconds: float = 1.0, max_steps: int = 20) -> Calibr
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    with _threads(cfg.execution.threads):
+    with torch_threads(cfg.execution.threads):
         net = numerics.prepare_model(study.network(first.replicate, first.target, init_seed=0))
         opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=cfg.train.momentum)
         net.train()
