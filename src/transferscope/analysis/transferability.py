@@ -193,30 +193,41 @@ def h_score(features: np.ndarray, labels: np.ndarray, shrinkage: bool = True) ->
     present = counts > 0
     if n < d:
         return _h_score_gram(f, y, counts, present, shrinkage)
+    cov = f.T @ f / n
     if shrinkage:
-        from sklearn.covariance import ledoit_wolf
-
-        cov, _ = ledoit_wolf(f, assume_centered=True)
-    else:
-        cov = f.T @ f / n
+        a, mu = _ledoit_wolf(np.sum(f**2, axis=1), float(np.sum(cov**2)) * n**2, float(np.trace(cov)) * n, n, d)
+        cov *= 1.0 - a
+        cov.flat[:: d + 1] += a * mu
     means = np.zeros((k, d))
     np.add.at(means, y, f)
     means[present] /= counts[present, None]
-    between = (means[present].T * (counts[present] / n)) @ means[present]
+    weights = counts[present] / n
+    if shrinkage and a * mu > 1e-10 * float(np.trace(cov)):
+        # every eigenvalue (>= a mu) is above the pseudo-inverse's cut (1e-10 of the largest, which is
+        # below the trace): C is positive definite and C^+ = C^-1, so one Cholesky factor does
+        # (tr(C^-1 sum_c p_c m_c m_c') = sum_c p_c |L^-1 m_c|^2), a sixth of an eigen-decomposition
+        from scipy.linalg import cho_factor, solve_triangular
+
+        chol, lower = cho_factor(cov, lower=True, check_finite=False)
+        w = solve_triangular(chol, means[present].T, lower=lower, check_finite=False)
+        return float(np.sum(w**2 * weights))
+    between = (means[present].T * weights) @ means[present]
     return float(np.trace(np.linalg.pinv(cov, rcond=1e-10, hermitian=True) @ between))
 
 
-def _ledoit_wolf_gram(gram: np.ndarray, n: int, d: int) -> tuple[float, float]:
-    """The Ledoit-Wolf shrinkage of centred features F (N x D) and ``mu = tr(F'F/N) / D``, from
-    their Gram matrix ``G = F F'`` alone: scikit-learn's ``ledoit_wolf_shrinkage`` term by term,
-    with its two D x D sums rewritten as N x N ones (``sum((F'F)^2) = sum(G^2)``, and the sum of
-    ``(F^2)'(F^2)`` is the sum over images of their squared norm squared, ``sum(diag(G)^2)``)."""
-    trace = float(np.trace(gram)) / n  # tr(F'F / N)
-    mu = trace / d
-    beta_ = float(np.sum(np.diag(gram) ** 2))
-    delta_ = float(np.sum(gram**2)) / n**2
+def _ledoit_wolf(row_norms2: np.ndarray, frob2: float, trace: float, n: int, d: int) -> tuple[float, float]:
+    """The Ledoit-Wolf shrinkage of centred features F (N x D) and ``mu = tr(F'F/N) / D``, as
+    scikit-learn's ``ledoit_wolf_shrinkage`` computes them term by term, from the squared norm of
+    each image's features (``row_norms2``), ``|F'F|_F^2 = |F F'|_F^2`` (``frob2``) and
+    ``tr(F'F) = tr(F F')`` (``trace``): either form gives them (scikit-learn's sum of the entries
+    of ``(F^2)'(F^2)`` is the sum over images of their squared norm squared)."""
+    if d == 1:
+        return 0.0, trace / n  # scikit-learn: one feature is not shrunk
+    mu = trace / n / d
+    beta_ = float(np.sum(row_norms2**2))
+    delta_ = frob2 / n**2
     beta = (beta_ / n - delta_) / (d * n)
-    delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d
+    delta = (delta_ - 2.0 * mu * trace / n + d * mu**2) / d
     beta = min(beta, delta)
     return (0.0 if beta == 0 else beta / delta), mu
 
@@ -232,7 +243,8 @@ def _h_score_gram(f: np.ndarray, y: np.ndarray, counts: np.ndarray, present: np.
     over the ``lam_i`` that the D x D pseudo-inverse keeps (above 1e-10 of the largest)."""
     n, d = f.shape
     gram = f @ f.T
-    a, mu = _ledoit_wolf_gram(gram, n, d) if shrinkage else (0.0, 0.0)
+    a, mu = (_ledoit_wolf(np.diag(gram), float(np.sum(gram**2)), float(np.trace(gram)), n, d) if shrinkage
+               else (0.0, 0.0))
     s, u = np.linalg.eigh(gram)
     s = np.clip(s, 0.0, None)  # a Gram matrix is positive semi-definite; rounding may dip below 0
     lam = (1.0 - a) * s / n + a * mu
