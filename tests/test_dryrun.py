@@ -59,22 +59,25 @@ def test_trainable_parameters_are_what_the_runs_trained(small_records):
 def test_the_time_estimate_counts_steps_evaluations_and_shared_prefixes_by_hand(small_records):
     study, _ = small_records
     # a network of 4 blocks timed at 1, 2, 3, 4 (per image): layers n+1.. take (10 - prefix) / 10 of a step
-    cal = dryrun.Calibration(step=0.5, block_forward=(1.0, 2.0, 3.0, 4.0), batch_size=8, threads=1,
-                             numerics="fp32", device="cpu")
+    cal = dryrun.Calibration(step=0.5, block_forward=(1.0, 2.0, 3.0, 4.0), batch_size=8, batch_input=0.25, setup=0.125,
+                             threads=1, numerics="fp32", device="cpu")
     assert cal.forward == 10.0 and cal.prefix(3) == 6.0 and cal.suffix_share(1) == pytest.approx(0.9)
     by_key = {s.key: s for s in study.plan}
     base, anb, fine = by_key["r0-baseA"], by_key["r0-AnB-n3"], by_key["r0-AnB+-n3"]
     val, test = study.eval_images(0, "A")
     budget = study.budget(base)
+    # a network built, its steps on image batches prepared each time, validation every epoch, test once
     assert dryrun.run_seconds(study, base, cal, shared=False) == pytest.approx(
-        budget.steps * 0.5 + (budget.epochs * val + test) * 10.0)
+        0.125 + budget.steps * (0.5 + 0.25) + (budget.epochs * val + test) * 10.0)
     val, test = study.eval_images(0, "B")
     b = study.budget(anb)
-    assert dryrun.run_seconds(study, fine, cal, shared=False) == pytest.approx(b.steps * 0.5 + (b.epochs * val + test) * 10)
-    shared = b.steps * 0.5 * 0.4 + (b.epochs * val + test) * 10 * 0.4
+    assert dryrun.run_seconds(study, fine, cal, shared=False) == pytest.approx(
+        0.125 + b.steps * (0.5 + 0.25) + (b.epochs * val + test) * 10)
+    # frozen at n = 3 on stored prefix outputs: 4 / 10 of a step and of a forward pass, no image batches
+    shared = 0.125 + b.steps * 0.5 * 0.4 + (b.epochs * val + test) * 10 * 0.4
     assert dryrun.run_seconds(study, anb, cal, shared=True) == pytest.approx(shared)
-    # not shared: the prefix (layers 1..3) again for every image of every step
-    assert dryrun.run_seconds(study, anb, cal, shared=False) == pytest.approx(shared + b.steps * 8 * 6.0)
+    # not shared: image batches, and the prefix (layers 1..3) again for every image of every step
+    assert dryrun.run_seconds(study, anb, cal, shared=False) == pytest.approx(shared + b.steps * (0.25 + 8 * 6.0))
     whole = dryrun.estimate_time(study, cal)
     assert whole.workers == 1 and whole.wall_seconds == whole.worker_seconds
     assert whole.worker_seconds > sum(dryrun.run_seconds(study, s, cal, shared=True) for s in study.plan)
@@ -84,6 +87,7 @@ def test_the_calibration_times_this_machine():
     study = Study.prepare(load_config(None, SMALL))
     cal = dryrun.calibrate(study, seconds=0.05)
     assert cal.step > 0 and len(cal.block_forward) == study.num_layers and all(t > 0 for t in cal.block_forward)
+    assert cal.batch_input > 0 and cal.setup > 0
     assert (cal.batch_size, cal.threads, cal.device) == (study.config.train.batch_size, 1, "cpu")
 
 

@@ -2,14 +2,18 @@
 output shape, parameters) at every cut point, the parameters each treatment trains, and the
 study's wall time, estimated from a few training steps timed here (disk.py estimates the disk).
 
-The time estimate counts, for every run of the plan, its optimisation steps (train.py's budget),
-its evaluation passes (validation after every epoch, test once) and, for frozen runs that share
-their prefix outputs, the one pass computing them per job. It prices them with a calibration on
-this machine: one SGD step of the whole network at ``train.batch_size`` (precision, channels-last
-and ``execution.threads`` as the study's workers use), and one forward pass timed block by block;
-a step of layers n+1..L is the whole step scaled by those layers' share of the forward time. The
-sum, divided by the worker processes, is the wall time with every worker busy: start-up, data
-loading and the report come on top.
+The time estimate counts, for every run of the plan, its network's construction, its optimisation
+steps (train.py's budget) with their image batches prepared (normalised, augmented), its evaluation
+passes (validation after every epoch, test once) and, for frozen runs that share their prefix
+outputs, the one pass computing them per job. It prices them with a calibration on this machine:
+SGD steps of the whole network at ``train.batch_size`` (precision, channels-last and
+``execution.threads`` as the study's workers use), one forward pass timed block by block, one batch
+prepared, one network built; a step of layers n+1..L is the whole step scaled by those layers'
+share of the forward time. The sum, divided by the worker processes, is the wall time with every
+worker busy: start-up, data loading and the report come on top. Measured against recorded runs
+(docs/performance.md): within 5% on examples/cifar10.toml, where steps dominate; 0.6-0.7 of the
+recorded time on the default digits study, whose millisecond steps leave Python's per-epoch
+bookkeeping, which the calibration does not time, a large share.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from transferscope.analysis.networks import reduce_features
+from transferscope.data.augment import augment, normalize
 from transferscope.executors import default_workers
 from transferscope.precision import Numerics, resolve_device, torch_threads
 from transferscope.runner import PROBE_FEATURES, shares_frozen_features
@@ -89,6 +94,10 @@ class Calibration:
     step: float
     block_forward: tuple[float, ...]
     batch_size: int
+    #: preparing one training batch of images: normalisation and, with ``train.augment``, augmentation
+    batch_input: float
+    #: building one run's network (its initialisation) before it trains
+    setup: float
     threads: int
     numerics: str
     device: str
@@ -155,9 +164,22 @@ def calibrate(study: Study, seconds: float = 1.0, max_steps: int = 20) -> Calibr
                     sync()
                     row.append((time.perf_counter() - start) / batch)
                 passes.append(row)
+        inputs = []
+        images = torch.randint(0, 256, (batch, *study.image_shape), dtype=torch.uint8, generator=g)
+        for _ in range(3):
+            start = time.perf_counter()
+            xb = normalize(images.to(device), (0.5,) * study.image_shape[0], (0.25,) * study.image_shape[0])
+            if cfg.train.augment:
+                xb = augment(xb, g, flip=True)
+            numerics.prepare_input(xb)
+            sync()
+            inputs.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        numerics.prepare_model(study.network(first.replicate, first.target, init_seed=1))
+        setup = time.perf_counter() - start
     fastest = min(passes, key=sum)
-    return Calibration(statistics.median(times), tuple(fastest), batch, cfg.execution.threads, numerics.name,
-                       str(device))
+    return Calibration(statistics.median(times), tuple(fastest), batch, min(inputs), setup, cfg.execution.threads,
+                       numerics.name, str(device))
 
 
 def busy_note() -> str:
@@ -193,7 +215,9 @@ def run_seconds(study: Study, spec: RunSpec, cal: Calibration, shared: bool) -> 
         return (study.train_images(*spec.task_key) + val + test) * cal.prefix(spec.n)
     budget = study.budget(spec)
     share = cal.suffix_share(spec.frozen) if spec.frozen else 1.0
-    seconds = budget.steps * cal.step * share + (budget.epochs * val + test) * cal.forward * share
+    seconds = cal.setup + budget.steps * cal.step * share + (budget.epochs * val + test) * cal.forward * share
+    if not (spec.frozen and shared):  # images, not stored prefix outputs: each batch prepared
+        seconds += budget.steps * cal.batch_input
     if spec.frozen and not shared:  # the frozen prefix runs again on every training batch
         seconds += budget.steps * cal.batch_size * cal.prefix(spec.frozen)
     return seconds
