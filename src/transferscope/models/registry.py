@@ -8,6 +8,7 @@ such as ``timm/<name>``, with one builder per name.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,17 @@ import torch
 
 from transferscope.errors import UserError
 from transferscope.models.cutnet import CutNet
+
+class LazyModule:
+    """A module imported on its first attribute access: torchvision's models and timm cost seconds
+    to import, which every command paid, whether or not it builds one of their networks."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
 
 Builder = Callable[..., CutNet]
 _MODELS: dict[str, tuple[Builder, str]] = {}

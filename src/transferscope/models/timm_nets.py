@@ -23,15 +23,27 @@ import functools
 import re
 from collections import OrderedDict
 
-import timm
+from typing import TYPE_CHECKING
+
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from transferscope.errors import UserError
 from transferscope.models.cutnet import CutNet
 from transferscope.models.inputs import InputAdapter, check_dropout, check_min_size, upsampled_size
-from transferscope.models.registry import Builder, register_family
+from transferscope.models.registry import Builder, LazyModule, register_family
+
+if TYPE_CHECKING:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+else:
+    timm = LazyModule("timm")  # imported when a timm name is first looked up
+
+
+def _is_vit(model: nn.Module) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
 
 #: the first child of a timm model's classifier head, by timm's naming (everything from it on is
 #: ``forward_head``'s; children between the last stage and it are ``forward_features``')
@@ -137,7 +149,7 @@ def from_timm(model: nn.Module, image_shape: tuple[int, int, int], min_size: int
     other image whose shorter side is under ``min_size`` upsampled to it (aspect ratio kept)."""
     c, h, w = image_shape
     channels = model.pretrained_cfg.get("input_size", (3,))[0]
-    if isinstance(model, VisionTransformer):
+    if _is_vit(model):
         net = _vit_blocks(model, InputAdapter(c, channels, tuple(model.patch_embed.img_size)))
     elif getattr(model, "feature_info", None):
         net = _cnn_blocks(model, InputAdapter(c, channels, upsampled_size(h, w, min_size)))
@@ -147,7 +159,7 @@ def from_timm(model: nn.Module, image_shape: tuple[int, int, int], min_size: int
     cfg = model.pretrained_cfg
     net.input_config = {"input_size": tuple(cfg["input_size"]), "mean": tuple(cfg["mean"]),
                         "std": tuple(cfg["std"]), "interpolation": cfg.get("interpolation", "bicubic"),
-                        "size_option": "img_size" if isinstance(model, VisionTransformer) else "min_size"}
+                        "size_option": "img_size" if _is_vit(model) else "min_size"}
     return net
 
 

@@ -14,14 +14,18 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchvision import models as tvm
-
 from transferscope.models.cutnet import CutNet
 from transferscope.models.inputs import InputAdapter, check_dropout, check_min_size, upsampled_size
-from transferscope.models.registry import register_model
+from transferscope.models.registry import LazyModule, register_model
+
+if TYPE_CHECKING:
+    from torchvision import models as tvm
+else:
+    tvm = LazyModule("torchvision.models")  # imported when a torchvision network is first built
 
 
 #: the input torchvision's ImageNet weights expect (the crop they are evaluated at)

@@ -8,18 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from transferscope.analysis.filters import filter_grid
-from transferscope.report.figures import DPI, STYLES
+from transferscope.report.figures import DPI, STYLES, new_figure
 from transferscope.stats import over_replicates, per_replicate
 from transferscope.treatments import AT_TARGET_SIZES, TREATMENTS, treatment
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _colormap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name]
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 #: the fine-tuned roles whose networks are compared with their sources (CKA), and their labels
 _ROLE_NAMES = {t.role: t.label for t in TREATMENTS if t.analysed}
@@ -53,7 +66,7 @@ def plot_cka_curves(curve: pd.DataFrame, finetune: pd.DataFrame, layer_names: Se
     network, the base it copied from) per layer, a line per cut point n (filled markers: copied
     layers 1..n; open: re-initialised layers)."""
     roles = [r for r in _ROLE_NAMES if not finetune.empty and (finetune["role"] == r).any()]
-    fig = Figure(figsize=(4.2 * (1 + len(roles)), 4.2), layout="constrained")
+    fig = new_figure(figsize=(4.2 * (1 + len(roles)), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, 1 + len(roles), sharey=True))
     layers = np.arange(1, len(layer_names) + 1)
     ax = axes[0]
@@ -61,7 +74,7 @@ def plot_cka_curves(curve: pd.DataFrame, finetune: pd.DataFrame, layer_names: Se
         _band(ax, curve["layer"], curve, "black", "baseA vs baseB")
     ax.set_title("baseA vs baseB, same layer", fontsize=10)
     ax.set_ylabel("linear CKA (unbiased)")
-    cmap = colormaps["viridis"]
+    cmap = _colormap("viridis")
     for ax, role in zip(axes[1:], roles):
         rows = finetune.loc[finetune["role"] == role]
         ns = sorted(set(rows["n"]))
@@ -90,7 +103,7 @@ def plot_cka_heatmaps(matrix: np.ndarray, finetune: pd.DataFrame, layer_names: S
     """Left: CKA of every layer of baseA (rows) with every layer of baseB (columns). Then, per
     fine-tuned role, CKA with its source at each layer (columns) for each cut point n (rows)."""
     roles = [r for r in _ROLE_NAMES if not finetune.empty and (finetune["role"] == r).any()]
-    fig = Figure(figsize=(4.3 * (1 + len(roles)) + 1.0, 4.2), layout="constrained")
+    fig = new_figure(figsize=(4.3 * (1 + len(roles)) + 1.0, 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, 1 + len(roles)))
     labels = [f"{i + 1} {n}" for i, n in enumerate(layer_names)]
     panels = [(axes[0], matrix, labels, labels, "baseA layer", "baseB layer", "baseA vs baseB")]
@@ -124,7 +137,7 @@ def plot_estimates(scores: pd.DataFrame, measured: pd.DataFrame, labels: dict[st
     each replicate the mean of its two directions)."""
     panels = [("measured", "measured AnB test top-1")] if not measured.empty else []
     panels += list(labels.items())
-    fig = Figure(figsize=(3.3 * len(panels), 3.4))
+    fig = new_figure(figsize=(3.3 * len(panels), 3.4))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (col, label) in zip(axes, panels):
         data = measured if col == "measured" else scores
@@ -190,7 +203,7 @@ def plot_filters(panels: Sequence, title: str) -> Figure:
     aspect = max(im.shape[0] / im.shape[1] for im in images.values())
     tiles = max(min(FILTER_COLUMNS, p.weight.shape[0]) if p.weight is not None else 1 for p in panels)
     width = max(3.2, 1.25 * tiles * MIN_TILE_PX / DPI)  # the panel's margins and title take up to a fifth
-    fig = Figure(figsize=(width * cols, (width * aspect + 0.7) * len(rows) + 0.6), layout="constrained")
+    fig = new_figure(figsize=(width * cols, (width * aspect + 0.7) * len(rows) + 0.6), layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
     for ax in axes.flat:
         ax.set_axis_off()
@@ -210,11 +223,11 @@ def plot_target_sizes(summary: pd.DataFrame, title: str) -> Figure:
     panel; one panel per transfer treatment the study ran at several sizes (frozen AnB and
     fine-tuned AnB+; or PnT, PnT+ and the probe), one line per cut point n."""
     shown = [t for t in AT_TARGET_SIZES if (summary["role"] == t.role).any()] or list(AT_TARGET_SIZES[:1])
-    fig = Figure(figsize=(5.5 * len(shown), 4.2))
+    fig = new_figure(figsize=(5.5 * len(shown), 4.2))
     axes = np.atleast_1d(fig.subplots(1, len(shown), sharey=True))
     base = summary.loc[summary["role"] == "base"].sort_values("per_class")
     ns = sorted(set(summary.loc[summary["role"] != "base", "n"]))
-    cmap = colormaps["plasma"]
+    cmap = _colormap("plasma")
     panels = [(t.role, f"{t.label}: " + ("a linear probe on layer n" if t.head == "linear" else
                                          f"copied layers {'fine-tuned' if t.fine_tuned else 'frozen'}"))
               for t in shown]
@@ -241,7 +254,7 @@ def plot_freeze_map(diff: pd.DataFrame, title: str) -> Figure:
     panel per frozen / fine-tuned pair: red where fine-tuning wins, blue where freezing does;
     each cell gives the mean, and an asterisk where its 95% CI excludes zero."""
     pairs = list(dict.fromkeys(zip(diff["frozen"], diff["fine_tuned"])))
-    fig = Figure(figsize=(1.6 + 1.25 * max(1, diff["size_label"].nunique()) * max(1, len(pairs)), 3.6),
+    fig = new_figure(figsize=(1.6 + 1.25 * max(1, diff["size_label"].nunique()) * max(1, len(pairs)), 3.6),
                  layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(1, len(pairs))))
     means = np.abs(diff["mean"].to_numpy(dtype=float))
@@ -273,9 +286,9 @@ def plot_finetune_curve(diff: pd.DataFrame, title: str) -> Figure:
     """Fine-tuned minus frozen test top-1 against training images per class (log scale), a line
     per cut point n with its 95% CI band, labelled with the parameters in the copied layers."""
     pairs = list(dict.fromkeys(zip(diff["frozen"], diff["fine_tuned"])))
-    fig = Figure(figsize=(6.0 * max(1, len(pairs)), 4.0))
+    fig = new_figure(figsize=(6.0 * max(1, len(pairs)), 4.0))
     axes = np.atleast_1d(fig.subplots(1, max(1, len(pairs)), sharey=True))
-    cmap = colormaps["plasma"]
+    cmap = _colormap("plasma")
     for ax, (frozen, tuned) in zip(axes, pairs):
         rows = diff.loc[(diff["frozen"] == frozen) & (diff["fine_tuned"] == tuned)]
         ns = sorted(set(rows["n"]))
@@ -298,7 +311,7 @@ def plot_finetune_curve(diff: pd.DataFrame, title: str) -> Figure:
 def plot_convergence(curves: dict[str, list[float]], networks: pd.DataFrame, title: str) -> Figure:
     """Validation top-1 per epoch of each full-data base network; still-improving ones in red,
     with the fitted tail slope."""
-    fig = Figure(figsize=(8.0, 4.0))
+    fig = new_figure(figsize=(8.0, 4.0))
     ax = fig.subplots()
     full = networks.loc[networks["target_size"].isna()]
     for row in full.itertuples():
@@ -312,7 +325,7 @@ def plot_convergence(curves: dict[str, list[float]], networks: pd.DataFrame, tit
             y = np.asarray(curve[-row.k:], dtype=float)
             ax.plot(x, y.mean() + row.slope * (x - x.mean()), color=color, lw=2.5, alpha=0.4)
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel("validation top-1")
     ax.grid(True, color="0.92", lw=0.6)
     if len(full) <= 12:

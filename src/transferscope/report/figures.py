@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from transferscope.stats import (
     HEADLINE_METRIC,
@@ -23,6 +22,18 @@ from transferscope.stats import (
     summarize,
 )
 from transferscope.treatments import TREATMENTS, Style, roles_in
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure (no pyplot, no global state); matplotlib is imported on the first one,
+    so a command that draws nothing does not pay for it."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 X_LABEL = "Layer n at which network is chopped and retrained"
 Y_LABEL = "Top-1 accuracy (test)"
@@ -40,7 +51,7 @@ def plot_fig2(df: pd.DataFrame, title: str, cut_points: Sequence[int] = ()) -> F
     replicates (:mod:`transferscope.stats`)."""
     done = done_runs(df, HEADLINE_METRIC)
     ns = observed_cut_points(done, cut_points)
-    fig = Figure(figsize=(9.0, 8.0))
+    fig = new_figure(figsize=(9.0, 8.0))
     top, bottom = fig.subplots(2, 1, sharex=True)
 
     rng = np.random.default_rng(0)
@@ -97,7 +108,7 @@ def plot_fig3(df: pd.DataFrame, title: str, cut_points: Sequence[int] = (),
     done = done_runs(df, HEADLINE_METRIC)
     ns = observed_cut_points(done, cut_points)
     rel = relative(done, HEADLINE_METRIC)
-    fig = Figure(figsize=(9.0, 5.0))
+    fig = new_figure(figsize=(9.0, 5.0))
     ax = fig.subplots()
     ax.axhline(0.0, color="black", ls="--", lw=1.0, label="base (reference)")
     studies = [(rel, "", False)]
