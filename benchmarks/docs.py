@@ -65,14 +65,17 @@ The naive schedule used for comparison is the same engine with all of this off:
 
 
 FINDINGS = Path(__file__).with_name("findings.md")
+#: measured by hand, outside the suite (the report phase, the dry run's estimate): appended as written
+REPORT_PHASE = Path(__file__).with_name("report_phase.md")
 
 
 def write_docs(results: dict[str, Any], docs: Path) -> None:
     """HEADER, then benchmarks/findings.md (a hand-written reading of the recorded run, where
-    present), then the tables of ``results``."""
+    present), then the tables of ``results``, then benchmarks/report_phase.md (measured by hand)."""
     from benchmarks.__main__ import render
 
     docs.mkdir(parents=True, exist_ok=True)
     findings = FINDINGS.read_text().strip() if FINDINGS.exists() else ""
     body = render(results)
-    (docs / "performance.md").write_text(HEADER + ("\n" + findings + "\n" if findings else "") + "\n" + body)
+    by_hand = "\n" + REPORT_PHASE.read_text().strip() + "\n" if REPORT_PHASE.exists() else ""
+    (docs / "performance.md").write_text(HEADER + ("\n" + findings + "\n" if findings else "") + "\n" + body + by_hand)
