@@ -39,6 +39,7 @@ from transferscope.progress import ReportProgress
 from transferscope.provenance import provenance
 from transferscope.record import RunRecord
 from transferscope.report.analysis_figures import (
+    MAX_FILTERS,
     plot_cka_curves,
     plot_cka_heatmaps,
     plot_convergence,
@@ -351,7 +352,9 @@ def _filters_section(store: Store, study, frame: pd.DataFrame, out: Path, title:
     alt = (f"First-layer filters of {' and '.join(bases)}"
            + (" and of fine-tuned networks that copied layer 1 from " + " and ".join(with_finetuned)
               if with_finetuned else ""))
-    text = ("The weights of the first Conv2d in layer 1, one tile per filter, each normalised to [0, 1] on its own "
+    text = ("The weights of the first Conv2d in layer 1, one tile per filter (where a layer has more than "
+            f"{MAX_FILTERS}, the {MAX_FILTERS} of largest L2 norm in each base network, and the same filters in the "
+            "networks that copied it), each normalised to [0, 1] on its own "
             f"(colour for RGB input, grey otherwise). Replicate 0, one row per base network shown ({drawn}): the base "
             "network, then the fine-tuned transfers whose layer 1 was copied from it, at the smallest and largest cut "
             "point whose network has weights.\n\n"
