@@ -408,6 +408,44 @@ def test_linear_probe_separable_and_noise() -> None:
     assert bad.top1 < 0.5  # chance is 1/3
 
 
+def _probe_by_svd(train, val, test, grid=np.logspace(-6, 1, 15)):
+    """The probe as it was written first (one SVD of the standardised training features): the
+    reference the Gram-matrix form must match."""
+    xtr, ytr = np.asarray(train[0], dtype=np.float64), np.asarray(train[1])
+    mean, std = xtr.mean(0), xtr.std(0)
+    std[std < 1e-12] = 1.0
+    xtr = (xtr - mean) / std
+    targets = np.eye(int(ytr.max()) + 1)[ytr]
+    u, s, vt = np.linalg.svd(xtr, full_matrices=False)
+    proj = u.T @ (targets - targets.mean(0))
+    scale = float(s[0] ** 2)
+    coefs = [vt.T @ ((s / (s**2 + r * scale))[:, None] * proj) for r in grid]
+
+    def top1(part, coef):
+        return float(np.mean(np.argmax((part[0] - mean) / std @ coef + targets.mean(0), axis=1) == part[1]))
+
+    scores = [top1(val, c) for c in coefs]
+    best = int(np.argmax(scores))
+    return top1(test, coefs[best]), scores[best], float(grid[best])
+
+
+@pytest.mark.parametrize(("n", "d"), [(300, 40), (60, 200), (120, 120), (80, 300)])
+def test_the_probe_in_gram_form_equals_the_svd_form(n: int, d: int) -> None:
+    """Fewer images than features (the N x N form), more (D x D), square; features of low rank
+    (d = 300 built from 50 directions): the chosen ridge and both accuracies are the SVD form's."""
+    rng = np.random.default_rng(n + d)
+    basis = rng.normal(size=(min(d, 50), d)) if d == 300 else np.eye(d)
+
+    def part(m: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 4, m)
+        z = rng.normal(size=(m, basis.shape[0])) + 1.5 * np.eye(4, basis.shape[0])[y]
+        return z @ basis, y
+
+    train, val, test = part(n), part(n // 2), part(n)
+    got = linear_probe(train, val, test)
+    assert (got.top1, got.val_top1, got.ridge) == pytest.approx(_probe_by_svd(train, val, test), abs=0, rel=1e-12)
+
+
 # ------------------------------------------------------------------------- features and filters
 
 

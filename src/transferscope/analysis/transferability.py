@@ -270,7 +270,8 @@ class ProbeResult:
 
 def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                  test: tuple[np.ndarray, np.ndarray], ridges: np.ndarray | None = None) -> ProbeResult:
-    """Ridge regression from standardised features to one-hot targets, in closed form (one SVD).
+    """Ridge regression from standardised features to one-hot targets, in closed form: one
+    eigen-decomposition of the smaller Gram matrix (X'X, D x D, or XX', N x N) serves every ridge.
 
     Each ridge in ``ridges`` (relative to the largest squared singular value of the training
     features; default 1e-6..10) is fitted on ``train``; the one with the best validation top-1 is
@@ -286,13 +287,20 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
     xtr = prep(xtr)
     targets = _one_hot(y, k)
     t_mean = targets.mean(0)
-    u, s, vt = np.linalg.svd(xtr, full_matrices=False)
-    proj = u.T @ (targets - t_mean)  # (r, k)
+    centred = targets - t_mean
+    # with X = U S V': coef(ridge) = V (S^2 + ridge)^-1 V' X'T = X' U (S^2 + ridge)^-1 U'T, the SVD's
+    # V S/(S^2 + ridge) U'T written with the eigenvectors of whichever Gram matrix is smaller
+    primal = xtr.shape[0] >= xtr.shape[1]
+    s2, vecs = np.linalg.eigh(xtr.T @ xtr if primal else xtr @ xtr.T)
+    s2 = np.clip(s2, 0.0, None)
+    proj = vecs.T @ (xtr.T @ centred if primal else centred)  # (r, k)
     grid = np.logspace(-6, 1, 15) if ridges is None else np.asarray(ridges, dtype=np.float64)
-    scale = float(s[0] ** 2) if s.size and s[0] > 0 else 1.0
+    scale = float(s2.max()) if s2.size and s2.max() > 0 else 1.0
 
     def predict(x: np.ndarray, ridge: float) -> np.ndarray:
-        coef = vt.T @ ((s / (s**2 + ridge * scale))[:, None] * proj)
+        coef = vecs @ (proj / (s2 + ridge * scale)[:, None])
+        if not primal:
+            coef = xtr.T @ coef
         return np.argmax(x @ coef + t_mean, axis=1)
 
     xv, yv = prep(val[0]), np.asarray(val[1])
