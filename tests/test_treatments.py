@@ -302,8 +302,8 @@ def test_adabn_study_runs_cached_equals_recomputed_and_is_reported(tmp_path):
         b = json.loads((tmp_path / "cached" / "runs" / f"{ada}.json").read_text())
         assert a["seeds"] == b["seeds"] and a["history"] != b["history"]
     report = (tmp_path / "cached" / "report" / "report.md").read_text()
-    assert re.search(r"^\| AnB-adabn \| 0\.\d{3}", report, re.M)
-    assert re.search(r"^\| AnB-adabn - base \| -?0\.\d{3}", report, re.M)
+    assert re.search(r"^\| AnB-adabn +\| +0\.\d{3}", report, re.M)
+    assert re.search(r"^\| AnB-adabn - base +\| +[-+]?0\.\d{3}", report, re.M)
     fig2 = figures.plot_fig2(f["cached"], "t")
     assert "AnB-adabn" in fig2.axes[0].get_legend_handles_labels()[1]
     assert "AnB-adabn" in fig2.axes[1].get_legend_handles_labels()[1]
