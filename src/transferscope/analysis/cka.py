@@ -51,38 +51,74 @@ def gram_linear(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return rows @ rows.T
 
 
+def gram_centred(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The Gram matrix of a batch's features centred over the batch, computed in float32 and
+    returned as float64: what a study's CKA uses for its (wide) layer outputs.
+
+    ``HSIC_1`` is unchanged by centring the features (it replaces ``K`` by ``HKH``, which differs
+    from ``K`` by terms ``a1' + 1a' + c11'`` that the unbiased estimator cancels exactly), and
+    centring removes the large common component of ReLU features that would otherwise dominate
+    every entry; what is left, summed in float32, carries a relative error of about 1e-6 into
+    CKA, where float64 features would cost a copy of every layer output and a matmul at half the
+    speed."""
+    rows = torch.as_tensor(x)
+    if rows.dim() == 4 and not rows.is_contiguous() and rows.is_contiguous(memory_format=torch.channels_last):
+        rows = rows.permute(0, 2, 3, 1)  # flattened in memory order, without a copy: a Gram matrix sums
+        # over each image's values, whatever their order
+    rows = rows.reshape(rows.shape[0], -1).float()
+    rows = rows - rows.mean(0, keepdim=True)
+    return (rows @ rows.T).double()
+
+
 def _check_batch(n: int) -> None:
     if n < MIN_BATCH:
         raise SmallBatchError(f"the unbiased HSIC estimator needs at least {MIN_BATCH} images per batch, got {n}; "
                               "use a larger batch")
 
 
-def _hsic_terms(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Zero-diagonal Gram matrices (k, n, n) flattened, their row sums and totals."""
-    k, n, _ = grams.shape
-    g = grams.clone()
-    g.diagonal(dim1=1, dim2=2).zero_()
-    return g.reshape(k, n * n), g.sum(2), g.sum((1, 2))
+class HsicTerms:
+    """What ``HSIC_1`` needs of a stack of (k, n, n) Gram matrices, computed once however many
+    others they are compared with: the Gram matrices with zeroed diagonals (flattened), their row
+    sums and totals, and (on first use) each one's HSIC with itself."""
+
+    def __init__(self, grams: torch.Tensor):
+        k, n, _ = grams.shape
+        _check_batch(n)
+        g = grams.to(torch.float64, copy=True)
+        g.diagonal(dim1=1, dim2=2).zero_()
+        self.n, self.flat, self.rows, self.totals = n, g.reshape(k, n * n), g.sum(2), g.sum((1, 2))
+        self._self: torch.Tensor | None = None
+
+    def with_(self, other: HsicTerms) -> torch.Tensor:
+        """``HSIC_1`` between each of these Gram matrices and each of ``other``'s: (k, k_other).
+
+        With ``K~``, ``L~`` the Gram matrices with zeroed diagonals and ``1`` the vector of ones::
+
+            HSIC_1 = [tr(K~ L~) + (1'K~1)(1'L~1) / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))
+        """
+        n = self.n
+        if other.n != n:
+            raise ValueError(f"Gram matrices of {n} and {other.n} images: both sides need the same images")
+        trace = self.flat @ other.flat.T  # tr(K~ L~) = sum_ij K~_ij L~_ij (both symmetric)
+        middle = torch.outer(self.totals, other.totals) / ((n - 1) * (n - 2))
+        last = (self.rows @ other.rows.T) * (2.0 / (n - 2))  # 1'K~L~1 = (K~1).(L~1)
+        return (trace + middle - last) / (n * (n - 3))
+
+    def itself(self) -> torch.Tensor:
+        """``HSIC_1`` of each Gram matrix with itself: (k,), the diagonal of ``self.with_(self)``."""
+        if self._self is None:
+            n = self.n
+            trace = (self.flat * self.flat).sum(1)
+            last = (self.rows * self.rows).sum(1) * (2.0 / (n - 2))
+            self._self = (trace + self.totals**2 / ((n - 1) * (n - 2)) - last) / (n * (n - 3))
+        return self._self
 
 
 def hsic_unbiased_matrix(grams_x: torch.Tensor, grams_y: torch.Tensor) -> torch.Tensor:
     """``HSIC_1`` (Song et al. 2012) between every Gram matrix of ``grams_x`` (p, n, n) and every
-    one of ``grams_y`` (q, n, n): a (p, q) matrix.
-
-    With ``K~``, ``L~`` the Gram matrices with zeroed diagonals and ``1`` the vector of ones::
-
-        HSIC_1 = [tr(K~ L~) + (1'K~1)(1'L~1) / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3))
-    """
-    n = grams_x.shape[-1]
-    _check_batch(n)
-    if grams_y.shape[-1] != n:
-        raise ValueError(f"Gram matrices of {n} and {grams_y.shape[-1]} images: both sides need the same images")
-    fx, rx, sx = _hsic_terms(grams_x.to(torch.float64))
-    fy, ry, sy = _hsic_terms(grams_y.to(torch.float64))
-    trace = fx @ fy.T  # tr(K~ L~) = sum_ij K~_ij L~_ij (both symmetric)
-    middle = torch.outer(sx, sy) / ((n - 1) * (n - 2))
-    last = (rx @ ry.T) * (2.0 / (n - 2))  # 1'K~L~1 = (K~1).(L~1)
-    return (trace + middle - last) / (n * (n - 3))
+    one of ``grams_y`` (q, n, n): a (p, q) matrix (see :meth:`HsicTerms.with_`)."""
+    _check_batch(grams_x.shape[-1])
+    return HsicTerms(grams_x).with_(HsicTerms(grams_y))
 
 
 def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> float:
@@ -118,8 +154,8 @@ def linear_cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> fl
         raise ValueError(f"x has {kx.shape[-1]} rows and y {ky.shape[-1]}: CKA compares representations of the "
                          "same images")
     _check_batch(kx.shape[-1])
-    xx, yy = torch.diagonal(hsic_unbiased_matrix(kx, kx)), torch.diagonal(hsic_unbiased_matrix(ky, ky))
-    return float(_ratio(hsic_unbiased_matrix(kx, ky), xx, yy)[0, 0])
+    tx, ty = HsicTerms(kx), HsicTerms(ky)
+    return float(_ratio(tx.with_(ty), tx.itself(), ty.itself())[0, 0])
 
 
 class MinibatchCKA:
@@ -143,14 +179,19 @@ class MinibatchCKA:
 
     def update_grams(self, grams_x: torch.Tensor, grams_y: torch.Tensor) -> None:
         """Add one minibatch, given its Gram matrices: (p, n, n) and (q, n, n)."""
-        if grams_x.shape[0] != self.p or grams_y.shape[0] != self.q:
-            raise ValueError(f"expected {self.p} and {self.q} Gram matrices, got {grams_x.shape[0]} and "
-                             f"{grams_y.shape[0]}")
-        self.xy += hsic_unbiased_matrix(grams_x, grams_y)
-        self.xx += torch.diagonal(hsic_unbiased_matrix(grams_x, grams_x))
-        self.yy += torch.diagonal(hsic_unbiased_matrix(grams_y, grams_y))
+        self.update_terms(HsicTerms(grams_x), HsicTerms(grams_y))
+
+    def update_terms(self, x: HsicTerms, y: HsicTerms) -> None:
+        """Add one minibatch, given its Gram matrices' :class:`HsicTerms` (computed once per
+        network and batch where a network is compared with several others)."""
+        if x.flat.shape[0] != self.p or y.flat.shape[0] != self.q:
+            raise ValueError(f"expected {self.p} and {self.q} Gram matrices, got {x.flat.shape[0]} and "
+                             f"{y.flat.shape[0]}")
+        self.xy += x.with_(y)
+        self.xx += x.itself()
+        self.yy += y.itself()
         self.batches += 1
-        self.images += grams_x.shape[-1]
+        self.images += x.n
 
     def update(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
         """Add one minibatch, given each layer's representation of its images (rows = images)."""

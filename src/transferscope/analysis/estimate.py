@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from transferscope.analysis.networks import features_at, load_network, part_images, weights_absence
+from transferscope.analysis.networks import features_at, for_inference, load_network, part_images, weights_absence
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
 from transferscope.stats import DIFFERENCE_BOUNDS, mean_ci
@@ -81,7 +81,7 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
                 notes.append(f"replicate {r}: {why}, so it has no weights; target {target} not scored")
                 continue
             study.images()  # a clear error where the study has no images
-            net = load_network(store, study, key, r, source, device)
+            net = for_inference(load_network(store, study, key, r, source, device))
             task = study.task(r, target)
             parts = {}
             for name in ("train", "val", "test"):

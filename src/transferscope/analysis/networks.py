@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from copy import deepcopy
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,26 @@ def load_network(store: Store, study, key: str, replicate: int, task: str,
     net = study.network(replicate, task)
     net.load_state_dict(store.load_weights(key))
     return net.to(device).eval()
+
+
+def for_inference(net: CutNet) -> CutNet:
+    """A copy of ``net`` (in eval mode) for reading layer outputs: in each block, a convolution
+    followed by BatchNorm becomes one convolution (eval-mode BatchNorm is an affine map of each
+    channel, folded into the convolution's weights and bias by torch.fx's ``fuse``: the same
+    function to float32 rounding, about 1e-6 relative, without BatchNorm's pass over memory).
+    A block torch.fx cannot trace is kept as it is; ``net`` itself is not changed."""
+    from torch.fx.experimental.optimization import fuse
+
+    if net.training:
+        raise ValueError("for_inference needs a network in eval mode: a training BatchNorm is not an affine map")
+    copy = deepcopy(net)
+    for i, block in enumerate(copy.blocks):
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in block.modules()):
+            try:
+                copy.blocks[i] = fuse(block, inplace=True)  # traced first: a failure changes nothing
+            except Exception:  # noqa: BLE001  (control flow torch.fx cannot trace: the block as it is)
+                pass
+    return copy
 
 
 def random_network(study, replicate: int, task: str, seed: int = 0) -> CutNet:

@@ -10,7 +10,9 @@ For each replicate and target task T (with S the other task), on T's test images
   source's); SnT+ is also compared with baseT, the network trained on T from scratch.
 
 Layer outputs are flattened (CKA needs only each batch's Gram matrix, so wide layers cost memory
-per batch, not per image pair). Minibatches are drawn from a seeded permutation of the images.
+per batch, not per image pair), centred over the batch and multiplied in float32
+(:func:`~transferscope.analysis.cka.gram_centred`: CKA to about 1e-6); the networks run with
+each BatchNorm folded into the convolution before it (:func:`~transferscope.analysis.networks.for_inference`). Minibatches are drawn from a seeded permutation of the images.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from transferscope.analysis.cka import MinibatchCKA, gram_linear, minibatches
-from transferscope.analysis.networks import layer_outputs, load_network, part_images, weights_absence
+from transferscope.analysis.cka import HsicTerms, MinibatchCKA, gram_centred, minibatches
+from transferscope.analysis.networks import for_inference, layer_outputs, load_network, part_images, weights_absence
 from transferscope.stats import over_replicates, per_replicate
 from transferscope.store import Store
 from transferscope.treatments import TREATMENTS, base_key
@@ -80,7 +82,7 @@ def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: in
                 "; ".join(absent) + ", so neither has weights")
             continue
         for target in study.config.treatments.targets:
-            nets = {keys[t]: load_network(store, study, keys[t], r, t, device) for t in ("A", "B")}
+            nets = {keys[t]: for_inference(load_network(store, study, keys[t], r, t, device)) for t in ("A", "B")}
             finetuned = _finished_finetuned(done, r, target)
             refs: dict[str, list[tuple[str, str]]] = {}  # key -> [(reference name, reference key)]
             meta: dict[str, tuple[str, int]] = {}
@@ -88,7 +90,7 @@ def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: in
                 if not store.weights_path(row.key).is_file():
                     missing.append(row.key)
                     continue
-                nets[row.key] = load_network(store, study, row.key, r, target, device)
+                nets[row.key] = for_inference(load_network(store, study, row.key, r, target, device))
                 src = base_key(r, row.source)
                 refs[row.key] = [("source", src)] + ([("target base", keys[target])] if row.source != target else [])
                 meta[row.key] = (row.role, int(row.n))
@@ -102,14 +104,14 @@ def study_similarity(store: Store, study, frame: pd.DataFrame, *, batch_size: in
                 for ref_name, _ in pairs:
                     accs[(key, ref_name)] = MinibatchCKA(num_layers, num_layers)
             for idx in minibatches(x.shape[0], batch_size, seed):
-                grams = {}
+                terms = {}  # each network's Gram matrices of this batch, prepared once for all its comparisons
                 for k, net in nets.items():
                     outputs = next(layer_outputs(net, x[idx], task, None, len(idx)))
-                    grams[k] = torch.stack([gram_linear(h) for h in outputs])
-                accs[("bases", "")].update_grams(grams[keys["A"]], grams[keys["B"]])
+                    terms[k] = HsicTerms(torch.stack([gram_centred(h) for h in outputs]))
+                accs[("bases", "")].update_terms(terms[keys["A"]], terms[keys["B"]])
                 for key, pairs in refs.items():
                     for ref_name, ref_key in pairs:
-                        accs[(key, ref_name)].update_grams(grams[key], grams[ref_key])
+                        accs[(key, ref_name)].update_terms(terms[key], terms[ref_key])
             for (key, ref_name), acc in accs.items():
                 values = acc.value(strict=False)
                 undefined = acc.undefined()

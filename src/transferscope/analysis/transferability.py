@@ -49,37 +49,47 @@ def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Spectrum:
-    """What LogME needs of the features F (N x D): the non-zero squared singular values of F and
-    the targets' coordinates in F's left singular vectors (computed per target by :meth:`project`)."""
+    """What LogME needs of the features F (N x D): the non-zero squared singular values ``s`` of
+    F, and a way to write a target in F's left singular vectors U (:meth:`project`). U itself is
+    kept only where it is the smaller factor (N <= D, from the eigenvectors of F F'); with more
+    images than features, U = F V s^-1/2 is never formed (an N x D x D product): F and the
+    eigenvectors V of F'F serve instead."""
 
     sigma2: np.ndarray  # (r,)
-    u: np.ndarray  # (N, r) left singular vectors
     n: int
     d: int
+    u: np.ndarray | None = None  # (N, r) left singular vectors (N <= D)
+    f: np.ndarray | None = None  # (N, D) the features (N > D)
+    v: np.ndarray | None = None  # (D, r) right singular vectors (N > D)
 
     @classmethod
     def of(cls, f: np.ndarray) -> Spectrum:
         n, d = f.shape
         # the eigen-decomposition of the smaller Gram matrix (the SVD trick: cost min(N,D)^2 max(N,D))
-        if n <= d:
-            sigma2, u = np.linalg.eigh(f @ f.T)
-        else:
-            sigma2, v = np.linalg.eigh(f.T @ f)
-            keep = sigma2 > sigma2.max(initial=0.0) * 1e-12
-            u = (f @ v[:, keep]) / np.sqrt(sigma2[keep])
-            sigma2 = sigma2[keep]
-            return cls(sigma2, u, n, d)
+        sigma2, vecs = np.linalg.eigh(f @ f.T if n <= d else f.T @ f)
         keep = sigma2 > sigma2.max(initial=0.0) * 1e-12
-        return cls(sigma2[keep], u[:, keep], n, d)
+        if n <= d:
+            return cls(sigma2[keep], n, d, u=vecs[:, keep])
+        return cls(sigma2[keep], n, d, f=f, v=vecs[:, keep])
 
+    @property
+    def full_row_rank(self) -> bool:
+        """U is square: every target lies in F's column space."""
+        return len(self.sigma2) == self.n
 
-def _rest2(spectrum: Spectrum, y: np.ndarray, z: np.ndarray) -> float:
-    """``|y - U U'y|^2``, the part of ``y`` outside F's column space: exactly 0 when F has full row
-    rank (U is square), else summed directly, never as ``|y|^2 - |z|^2`` (whose rounding error,
-    about 1e-16 |y|^2 and of either sign depending on the BLAS kernels, beta would multiply)."""
-    if spectrum.u.shape[1] == spectrum.n:
-        return 0.0
-    return float(np.sum((y - spectrum.u @ z) ** 2))
+    def project(self, y: np.ndarray) -> tuple[np.ndarray, float]:
+        """``z = U'y`` and ``|y - U U'y|^2``, the part of ``y`` outside F's column space: exactly 0
+        when F has full row rank (U is square), else summed directly, never as ``|y|^2 - |z|^2``
+        (whose rounding error, about 1e-16 |y|^2 and of either sign depending on the BLAS kernels,
+        beta would multiply)."""
+        if self.u is not None:
+            z = self.u.T @ y
+            return z, 0.0 if self.full_row_rank else float(np.sum((y - self.u @ z) ** 2))
+        scale = np.sqrt(self.sigma2)
+        z = (self.v.T @ (self.f.T @ y)) / scale  # U'y = s^-1/2 V'F'y
+        if self.full_row_rank:
+            return z, 0.0
+        return z, float(np.sum((y - self.f @ (self.v @ (z / scale))) ** 2))  # U U'y = F V s^-1/2 z
 
 
 def _profile(x: np.ndarray, s: np.ndarray, z2: np.ndarray, rest2: float, n: int) -> np.ndarray:
@@ -124,7 +134,7 @@ def maximize_evidence(spectrum: Spectrum, y: np.ndarray, *, step: float = 0.25,
     from scipy.optimize import minimize_scalar
 
     s, n = spectrum.sigma2, spectrum.n
-    z = spectrum.u.T @ y
+    z, rest2 = spectrum.project(y)
     y2 = float(y @ y)
     if not y2 > 0:
         raise ValueError("the target is zero for every image")
@@ -132,7 +142,7 @@ def maximize_evidence(spectrum: Spectrum, y: np.ndarray, *, step: float = 0.25,
     best = (n / 2 * (math.log(n / y2) - log2pi - 1), math.inf, n / y2)  # alpha -> inf
     if len(s) == 0:
         return best[0] / n, best[1], best[2]
-    z2, rest2 = z**2, _rest2(spectrum, y, z)
+    z2 = z**2
     if len(s) == n:  # beta -> inf: y ~ N(0, F F'/alpha), best at alpha = N / sum z_i^2/s_i
         a = n / float(np.sum(z2 / s))
         limit = n / 2 * (math.log(a) - log2pi - 1) - 0.5 * float(np.sum(np.log(s)))
@@ -280,11 +290,7 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
     y, k = _labels(ytr, xtr.shape[0])
     mean, std = xtr.mean(0), xtr.std(0)
     std[std < 1e-12] = 1.0
-
-    def prep(x: np.ndarray) -> np.ndarray:
-        return (_features(x) - mean) / std
-
-    xtr = prep(xtr)
+    xtr = (xtr - mean) / std
     targets = _one_hot(y, k)
     t_mean = targets.mean(0)
     centred = targets - t_mean
@@ -301,10 +307,13 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
         coef = vecs @ (proj / (s2 + ridge * scale)[:, None])
         if not primal:
             coef = xtr.T @ coef
-        return np.argmax(x @ coef + t_mean, axis=1)
+        # ((x - mean)/std) @ coef, with the standardisation folded into the coefficients: the
+        # validation and test features are used as they are, never copied to standardise them
+        coef = coef / std[:, None]
+        return np.argmax(x @ coef + (t_mean - mean @ coef), axis=1)
 
-    xv, yv = prep(val[0]), np.asarray(val[1])
+    xv, yv = _features(val[0]), np.asarray(val[1])
     scores = [float(np.mean(predict(xv, r) == yv)) for r in grid]
     best = int(np.argmax(scores))  # ties: the smallest ridge
-    xt, yt = prep(test[0]), np.asarray(test[1])
+    xt, yt = _features(test[0]), np.asarray(test[1])
     return ProbeResult(float(np.mean(predict(xt, grid[best]) == yt)), scores[best], float(grid[best]))
