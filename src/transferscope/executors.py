@@ -239,11 +239,15 @@ class ProcessExecutor:
             yield event
 
     def close(self, abort: bool = False) -> None:
-        """Stop the workers: let them finish their queue, or with ``abort`` end them now."""
-        for proc, jobs in self.workers:
+        """Stop the workers: one still holding a job finishes it, unless ``abort``; an idle one
+        (every result it sent has arrived) ends now, without the second or so of an interpreter's
+        teardown, which would otherwise delay the report and share its cores."""
+        for slot, (proc, jobs) in enumerate(self.workers):
             if proc.is_alive():
                 if abort:
                     proc.kill()
+                elif self.holding.get(slot) is None:
+                    proc.terminate()
                 else:
                     jobs.put(None)
         for proc, _ in self.workers:
