@@ -10,12 +10,14 @@ import dataclasses
 import io
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from conftest import TINY
 from typer.testing import CliRunner
 
-from transferscope.analysis.cache import CACHE_DIR, AnalysisCache
+from transferscope.analysis.cache import CACHE_DIR, STAMP, AnalysisCache, current_report
 from transferscope.config import ANALYSES, ReportConfig, load_config
 from transferscope.driver import run_study, write_study_report
 from transferscope.progress import Progress, ReportProgress
@@ -70,10 +72,50 @@ def test_a_second_report_on_an_unchanged_study_recomputes_nothing(study, monkeyp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sections_module, "estimate", counted)
+    assert current_report(study, analyses=CHOSEN) == study / "report" / "report.md"
     cache = _report(study)
-    assert cache.misses == [] and cache.hits == [*CHOSEN, "report"]
+    assert cache.from_stamp and cache.misses == [] and cache.hits == []  # no analysis even looked up
+    (study / CACHE_DIR / STAMP).unlink()  # without the stamp, each analysis is served from its own entry
+    cache = _report(study)
+    assert not cache.from_stamp and cache.misses == [] and cache.hits == [*CHOSEN, "report"]
     assert calls == []  # the estimate (LogME, H-score, probe) was not run again
     assert _files(study) == before  # and the report's files are what the first report wrote
+    assert current_report(study, analyses=CHOSEN) is not None  # stamped again
+
+
+def _later(path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def test_the_stamp_sees_every_input_of_the_report(study, tmp_path, monkeypatch) -> None:
+    from transferscope.analysis import cache as cache_module
+
+    assert current_report(study, analyses=CHOSEN) is not None
+    assert current_report(study, analyses=["convergence"]) is None  # other analyses asked for
+    assert current_report(study) is None  # (the study's report.analyses, which were not the ones reported)
+    for name in ("runs/r0-AnB-n1.json", "weights/r0-baseA.safetensors", "config.toml", "report/report.html"):
+        other = tmp_path / name.replace("/", "_")
+        shutil.copytree(study, other)
+        _later(other / name)
+        assert current_report(other, analyses=CHOSEN) is None, name
+    gone = tmp_path / "gone"
+    shutil.copytree(study, gone)
+    (gone / "report" / "report.html").unlink()
+    assert current_report(gone, analyses=CHOSEN) is None
+    assert current_report(study, compare=gone, analyses=CHOSEN) is None  # a comparison is another report
+    monkeypatch.setattr(cache_module, "code_identity", lambda: "another version of transferscope")
+    assert current_report(study, analyses=CHOSEN) is None
+
+
+def test_an_unchanged_report_is_answered_before_torch_is_imported(study) -> None:
+    code = ("import sys\nfrom transferscope.cli import app\ntry:\n    app(['report', sys.argv[1], '--analyses', "
+            f"'{','.join(CHOSEN)}'])\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines() == [
+        f"report: {study / 'report' / 'report.md'} (nothing it reads has changed since it was written)",
+        "exit 0", "torch imported: False"], out.stderr
 
 
 def test_touching_a_weights_file_recomputes_only_the_analyses_that_read_weights(study) -> None:
@@ -83,8 +125,8 @@ def test_touching_a_weights_file_recomputes_only_the_analyses_that_read_weights(
     cache = _report(study)
     assert cache.misses == ["estimate", "filters"]
     assert cache.hits == ["convergence", "target_sizes"]  # the report itself is written again: not a hit
-    again = _report(study)  # and the new results are cached in turn
-    assert again.misses == [] and again.hits == [*CHOSEN, "report"]
+    again = _report(study)  # and the report is current again: answered from its stamp
+    assert again.from_stamp and again.misses == [] and again.hits == []
 
 
 def test_a_new_run_record_recomputes_the_analyses_that_read_records(study) -> None:
@@ -104,6 +146,7 @@ def test_a_deleted_report_folder_is_restored_from_the_cache(study) -> None:
 
 
 def test_a_damaged_cache_file_is_a_miss(study) -> None:
+    (study / CACHE_DIR / STAMP).unlink()
     (study / CACHE_DIR / "filters.pkl").write_bytes(b"not a pickle")
     cache = _report(study)
     assert cache.misses == ["filters"] and "convergence" in cache.hits

@@ -3,30 +3,30 @@ turns its options into a :class:`StudyConfig` or a path and calls the library.""
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import importlib
+import os
 import signal
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
-from transferscope import disk, dryrun
-from transferscope.analysis import estimate as estimate_curve
+from transferscope.analysis.cache import current_report
 from transferscope.config import ANALYSES, load_config
-from transferscope.data import list_datasets
-from transferscope.driver import run_study, write_study_report
 from transferscope.errors import Interrupted, UserError, request_stop
-from transferscope.record import history_frame, runs_frame
-from transferscope.report import format_estimate
-from transferscope.models import layer_names, list_models, model_options
-from transferscope.stats import paired_table
-from transferscope.store import Store, os_error_line
-from transferscope.study import Study
+
+if TYPE_CHECKING:
+    from transferscope.study import Study
+
+# The modules that need torch (every command but --help and an unchanged report) are imported in
+# the commands that use them: `transferscope report` on an unchanged study answers before torch loads.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure how transferable a network's features are, layer by layer (Yosinski et al. 2014).")
@@ -52,6 +52,7 @@ def _user_errors(fn: F) -> F:
         except OSError as e:
             if e.errno not in ENVIRONMENT_ERRNOS:
                 raise
+            from transferscope.store import os_error_line
 
             typer.echo(f"transferscope: error: {os_error_line(e)}", err=True)
             raise typer.Exit(1) from None
@@ -81,6 +82,9 @@ def run(
     """Run (or resume) a study: split the classes, train the base networks, every treatment at
     every cut point, then write the report."""
 
+    from transferscope.driver import run_study
+    from transferscope.study import Study
+
     shortcuts = [f"execution.{k}={v}" for k, v in (("executor", executor), ("workers", workers)) if v is not None]
     if address is not None:
         shortcuts.append(f'execution.address="{address}"')
@@ -103,6 +107,9 @@ def run(
 def _dry_run(study: Study, out: Path) -> None:
     """The plan, the network's layers and what each treatment trains, and the time and disk the
     study will take (dryrun.py), without training or writing anything."""
+    import transferscope.disk as disk
+    import transferscope.dryrun as dryrun
+
     config = study.config
     typer.echo(study.describe())
     net_layers = dryrun.layers(study)
@@ -164,6 +171,8 @@ def _minutes(seconds: float) -> str:
 @_user_errors
 def status(directory: Annotated[Path, typer.Argument(help="A study's results directory.")]) -> None:
     """Done, pending and failed runs of a study."""
+    from transferscope.store import Store
+    from transferscope.study import Study
 
     store = Store(directory)
     study = Study.open(store, images=False)
@@ -214,6 +223,10 @@ def export(
             importlib.import_module("pyarrow")
         except ImportError:
             raise UserError("--format parquet needs the pyarrow package: pip install 'transferscope[parquet]'") from None
+    from transferscope.record import history_frame, runs_frame
+    from transferscope.stats import paired_table
+    from transferscope.store import Store
+
     store = Store(directory)
     store.load_config()  # a clear error when this is not a study directory
     records = store.records()
@@ -244,6 +257,12 @@ def report(
     for name in chosen or []:
         if name not in ANALYSES:
             raise UserError(f"--analyses: unknown analysis {name!r}; allowed: {', '.join(ANALYSES)}")
+    if (path := current_report(directory, compare, chosen)) is not None:
+        typer.echo(f"report: {path} (nothing it reads has changed since it was written)")
+        return
+    from transferscope.driver import write_study_report
+    from transferscope.store import Store
+
     store = Store(directory)
     store.load_config()  # a clear error when this is not a study directory
     if compare is not None:
@@ -261,6 +280,9 @@ def estimate(
     """Predict the transfer curve without training it: LogME, H-score and a linear probe of each
     cut point of the base networks for the other task (needs only the base networks)."""
 
+    from transferscope.analysis.estimate import estimate as estimate_curve
+    from transferscope.report import format_estimate
+
     out = directory / "estimate.csv"
     typer.echo(format_estimate(estimate_curve(directory, max_features=max_features, max_images=max_images, out=out)))
     typer.echo(f"per network: {out}")
@@ -269,6 +291,7 @@ def estimate(
 @app.command()
 def datasets() -> None:
     """The registered datasets."""
+    from transferscope.data import list_datasets
 
     for name, desc in list_datasets().items():
         typer.echo(f"{name:<14} {desc}")
@@ -277,6 +300,7 @@ def datasets() -> None:
 @app.command()
 def models() -> None:
     """The registered architectures: their layers (cut points) and options."""
+    from transferscope.models import layer_names, list_models, model_options
 
     for name, desc in list_models(families=True).items():
         if name.endswith("<name>"):  # a family: its layers depend on the member
@@ -295,4 +319,24 @@ def main() -> None:
     # one line saying so
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    sys.exit(app())
+    try:
+        app()  # standalone: prints its usage errors and ends with SystemExit
+        code: int | str | None = 0
+    except SystemExit as e:
+        code = e.code
+    _exit(0 if code is None else code)
+
+
+def _exit(code: int | str) -> None:
+    """End the process. Where only the main thread is left, the exit handlers run (Ray's shutdown,
+    logging's flush) and the output is flushed, but the interpreter's teardown of every module
+    (about a second with torch and matplotlib loaded) is skipped: nothing is left for it to do."""
+    if threading.active_count() > 1 or not isinstance(code, int):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -25,7 +25,8 @@ from transferscope.precision import Numerics, resolve_device
 from transferscope.progress import Progress
 from transferscope.record import RunRecord
 from transferscope.seeds import STREAMS
-from transferscope.analysis.cache import AnalysisCache, Entry, Inputs, snapshot, written_since
+from transferscope.analysis.cache import AnalysisCache, Entry, Inputs, current_report, save_report_stamp, snapshot, \
+    written_since
 from transferscope.provenance import provenance
 from transferscope.report import ReportMeta, analyze_study, write_report
 from transferscope.runner import is_source, make_record, shares_frozen_features
@@ -261,6 +262,11 @@ def write_study_report(store: Store, study: Study | None = None, compare: str | 
     is read from ``DIR/cache/analyses`` instead of computed (so does the dataset: it is loaded only
     where an analysis that reads images has to be computed). ``progress``: a line per analysis on
     stderr."""
+    stamped = cache is not False and not (isinstance(cache, AnalysisCache) and not cache.enabled)
+    if stamped and (path := current_report(store.root, compare, analyses)) is not None:
+        if isinstance(cache, AnalysisCache):
+            cache.from_stamp = True
+        return path  # nothing it depends on has changed since it was written
     if study is None:
         study = Study.open(store, images=False)
     cfg = study.config
@@ -301,8 +307,11 @@ def write_study_report(store: Store, study: Study | None = None, compare: str | 
     key = inputs.key("report")
     if (entry := cache.load("report", key, out)) is not None:
         cache.hits.append("report")
-        return out / entry.result
-    before = snapshot(out)
-    path = write_report(full, meta, out, analysis=analysis)
-    cache.save("report", Entry(key, path.name, written_since(out, before), 0.0))
+        path = out / entry.result
+    else:
+        before = snapshot(out)
+        path = write_report(full, meta, out, analysis=analysis)
+        cache.save("report", Entry(key, path.name, written_since(out, before), 0.0))
+    if stamped and analysis.complete:
+        save_report_stamp(store.root, path, compare, analyses)
     return path

@@ -8,6 +8,13 @@ digest of these is the analysis's key. Its result (the report section, its table
 the bytes of the figures and CSV files it wrote) is kept in ``DIR/cache/analyses/<name>.pkl``,
 written atomically, one file per analysis (the last result: a changed input replaces it).
 
+A complete report also leaves a stamp (:func:`save_report_stamp`): a digest of every file of the
+study directory (but this cache), of the report's own files as written, of the study it was
+compared with, of the analyses asked for, of the code and of the commit the provenance names.
+Where nothing of that has changed, :func:`current_report` answers with the report's path from
+file metadata alone, before torch or any analysis is imported (``transferscope report`` on an
+unchanged study); any difference falls back to the per-analysis cache above.
+
 The files are pickles, read only from the study's own directory: as trusted as the study's
 records; a cache file that cannot be read (damaged, or written by another version) is a miss.
 """
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from transferscope.atomic import atomic_write
+from transferscope.provenance import git_commit
 
 #: where a study directory keeps the cached analyses
 CACHE_DIR = Path("cache") / "analyses"
@@ -98,6 +106,8 @@ class AnalysisCache:
         self.misses: list[str] = []
         #: analysis -> the key of its result in this report (served or computed; absent where it failed)
         self.keys: dict[str, str] = {}
+        #: the whole report was current (its stamp matched): no analysis was even looked up
+        self.from_stamp = False
         self._entries: dict[str, Entry | None] = {}
 
     def path(self, analysis: str) -> Path:
@@ -152,6 +162,53 @@ class AnalysisCache:
         self._entries[analysis] = entry
 
 
+#: the file in CACHE_DIR holding the stamp of the last complete report
+STAMP = "report.stamp.json"
+
+
+def _tree(root: Path, skip: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """(relative path, size, modification time) of every file under ``root``, but hidden files
+    (the driver's lock, temporary files) and the top-level folders in ``skip``."""
+    rows = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if rel.parts[0] in skip or any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        st = path.stat()
+        rows.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
+    return rows
+
+
+def report_stamp(root: str | Path, compare: str | Path | None, analyses) -> str:
+    """The digest of everything a report of the study in ``root`` depends on (see the module's
+    text). ``analyses``: the analyses asked for (None: the study's ``report.analyses``)."""
+    root = Path(root)
+    text = json.dumps({"code": code_identity(), "git": git_commit(), "analyses": analyses,
+                       "compare": None if compare is None else str(Path(compare).resolve()),
+                       "study": _tree(root, ("cache", "logs")),
+                       "other": None if compare is None else _tree(Path(compare), ("cache", "logs", "report"))},
+                      sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def current_report(root: str | Path, compare: str | Path | None = None, analyses=None) -> Path | None:
+    """The path of the study's report where nothing it depends on has changed since it was
+    written (its stamp matches), else None."""
+    path = Path(root) / CACHE_DIR / STAMP
+    try:
+        saved = json.loads(path.read_text())
+        report = Path(root) / "report" / saved["report"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return report if report.is_file() and saved.get("stamp") == report_stamp(root, compare, analyses) else None
+
+
+def save_report_stamp(root: str | Path, report: Path, compare: str | Path | None = None, analyses=None) -> None:
+    """Stamp a complete report (written last, after every file of it)."""
+    data = json.dumps({"stamp": report_stamp(root, compare, analyses), "report": report.name})
+    atomic_write(Path(root) / CACHE_DIR / STAMP, data.encode())
+
+
 def written_since(out: Path, before: dict[str, tuple[int, int]]) -> dict[str, bytes]:
     """The files of ``out`` (not recursive) created or rewritten since ``before`` (:func:`snapshot`)."""
     now = snapshot(out)
@@ -165,5 +222,5 @@ def snapshot(out: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (st.st_size, st.st_mtime_ns) for p in out.iterdir() if p.is_file() and (st := p.stat())}
 
 
-__all__ = ["AnalysisCache", "CACHE_DIR", "Entry", "Inputs", "code_identity", "file_identity", "snapshot",
-           "written_since"]
+__all__ = ["AnalysisCache", "CACHE_DIR", "Entry", "Inputs", "code_identity", "current_report", "file_identity",
+           "report_stamp", "save_report_stamp", "snapshot", "written_since"]

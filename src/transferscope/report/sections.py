@@ -86,6 +86,8 @@ class Analysis:
     figures: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     comparison: Comparison | None = None
+    #: every analysis asked for was computed or served from the cache (none failed or lacked its inputs)
+    complete: bool = True
     convergence: conv.Convergence | None = None
 
 
@@ -724,9 +726,11 @@ def analyze_study(store: Store | str | Path, study=None, out_dir: str | Path | N
         analysis.notes.append(f"not computed (report.analyses leaves them out): {', '.join(excluded)}")
     elif excluded:
         analysis.notes.append(f"not computed (not among the analyses asked for): {', '.join(excluded)}")
+    analysis.complete = all(a in cache.keys for a in planned)
     try:
         analysis.reading = reading(done, analysis.convergence, analysis.comparison) if len(done) else []
     except Exception as e:  # noqa: BLE001
+        analysis.complete = False
         failed("reading", e)
     analysis.provenance = _provenance_section(store, records)
     return analysis
