@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from copy import deepcopy
+from copy import copy
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from transferscope.data.augment import normalize
 from transferscope.data.tasks import AnyPart, Part, Task
@@ -55,23 +56,40 @@ def load_network(store: Store, study, key: str, replicate: int, task: str,
 
 
 def for_inference(net: CutNet) -> CutNet:
-    """A copy of ``net`` (in eval mode) for reading layer outputs: in each block, a convolution
-    followed by BatchNorm becomes one convolution (eval-mode BatchNorm is an affine map of each
-    channel, folded into the convolution's weights and bias by torch.fx's ``fuse``: the same
-    function to float32 rounding, about 1e-6 relative, without BatchNorm's pass over memory).
-    A block torch.fx cannot trace is kept as it is; ``net`` itself is not changed."""
-    from torch.fx.experimental.optimization import fuse
-
+    """``net`` (in eval mode) for reading layer outputs: in every ``nn.Sequential`` of its blocks,
+    a convolution followed by BatchNorm becomes one convolution (eval-mode BatchNorm is an affine
+    map of each channel, folded into the convolution's weights and bias by
+    ``torch.nn.utils.fusion.fuse_conv_bn_eval``: the same function to float32 rounding, about 1e-6
+    relative, without BatchNorm's pass over memory). Other modules (a ResNet's residual blocks,
+    say) run as they are. A shallow copy: ``net`` and its modules are not changed."""
     if net.training:
         raise ValueError("for_inference needs a network in eval mode: a training BatchNorm is not an affine map")
-    copy = deepcopy(net)
-    for i, block in enumerate(copy.blocks):
-        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in block.modules()):
-            try:
-                copy.blocks[i] = fuse(block, inplace=True)  # traced first: a failure changes nothing
-            except Exception:  # noqa: BLE001  (control flow torch.fx cannot trace: the block as it is)
-                pass
-    return copy
+    blocks = [_fold(block) for block in net.blocks]
+    if all(new is old for new, old in zip(blocks, net.blocks)):
+        return net
+    folded = copy(net)
+    folded._modules = dict(net._modules)  # the copy's own table of submodules, then its own blocks
+    folded.blocks = torch.nn.ModuleList(blocks)
+    return folded
+
+
+def _fold(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with each Conv2d -> BatchNorm2d pair of its (nested) ``nn.Sequential`` folded
+    into one convolution: a new container where something was folded, the module itself where not."""
+    if not isinstance(module, torch.nn.Sequential):
+        return module
+    children = [_fold(child) for child in module]
+    out: list[torch.nn.Module] = []
+    for child in children:
+        prev = out[-1] if out else None
+        if (isinstance(child, torch.nn.BatchNorm2d) and isinstance(prev, torch.nn.Conv2d)
+                and child.running_mean is not None and not getattr(prev, "_folded", False)):
+            out[-1] = fuse_conv_bn_eval(prev, child)
+            out[-1]._folded = True  # one BatchNorm per convolution
+        else:
+            out.append(child)
+    changed = len(out) != len(children) or any(c is not o for c, o in zip(children, module))
+    return torch.nn.Sequential(*out) if changed else module
 
 
 def random_network(study, replicate: int, task: str, seed: int = 0) -> CutNet:
@@ -101,7 +119,8 @@ def layer_outputs(net: CutNet, x: torch.Tensor, task: Task, upto: int | None = N
     convolution and max-pooling about 1.4x faster on these CPUs than channels-first)."""
     upto = net.num_layers if upto is None else upto
     device = next(net.parameters()).device
-    net = net.to(memory_format=torch.channels_last)
+    if any(p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters()):
+        net = net.to(memory_format=torch.channels_last)  # once: a network read batch by batch is converted already
     for i in range(0, x.shape[0], batch_size):
         h = normalize(x[i : i + batch_size].to(device), task.mean, task.std).contiguous(
             memory_format=torch.channels_last)
