@@ -330,8 +330,10 @@ def main() -> None:
 def _exit(code: int | str) -> None:
     """End the process. Where only the main thread is left, the exit handlers run (Ray's shutdown,
     logging's flush) and the output is flushed, but the interpreter's teardown of every module
-    (about a second with torch and matplotlib loaded) is skipped: nothing is left for it to do."""
-    if threading.active_count() > 1 or not isinstance(code, int):
+    (about a second with torch and matplotlib loaded) is skipped: nothing is left for it to do.
+    Under a profiler or a coverage tracer (which write their results as the interpreter ends), the
+    ordinary exit."""
+    if threading.active_count() > 1 or not isinstance(code, int) or sys.gettrace() or sys.getprofile():
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
