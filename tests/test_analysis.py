@@ -18,6 +18,7 @@ import pytest
 import torch
 from scipy.linalg import cho_solve, solve_triangular
 from scipy.optimize import minimize
+from scipy import stats as sps
 
 from transferscope.record import RunRecord
 from transferscope.analysis import convergence as conv
@@ -561,6 +562,53 @@ def test_check_convergence_flags_rising_curves() -> None:
     assert row["slope_above"] and not row["still_improving"]
     assert row["noise"] == pytest.approx(2 * math.sqrt(0.87 * 0.13 / 400))
     assert result.networks.set_index("key").loc["r0-baseB", "still_improving"]
+
+
+def _cosine_record(key: str, curve: list[float]) -> RunRecord:
+    epochs = len(curve)
+    lrs = [0.05 * 0.5 * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
+    return RunRecord(key=key, replicate=0, treatment="baseB", role="base", target="B", n=0, status="done",
+                     history=tuple({"epoch": e + 1, "lr": lr, "val_top1": v} for e, (lr, v) in enumerate(zip(lrs, curve))))
+
+
+def test_a_cosine_run_cut_short_is_flagged_though_its_end_is_flat() -> None:
+    # 20 epochs of cosine: the rate is above a tenth of its peak for the first 16 epochs (0-based
+    # epoch 15 runs at 0.103 of the peak); a curve still climbing 2 points per epoch there and flat
+    # only in the last 4 epochs, where the rate vanishes, was cut short
+    climbing = [0.30 + 0.02 * e for e in range(16)] + [0.61, 0.611, 0.611, 0.611]
+    plateaued = [min(0.9, 0.3 + 0.1 * e) for e in range(16)] + [0.9] * 4  # flat from epoch 7 on
+    result = conv.check_convergence([_cosine_record("r0-baseA", climbing), _cosine_record("r0-baseB", plateaued)],
+                                    epochs=20, val_images={(0, "B"): 2000})
+    rows = result.networks.set_index("key")
+    assert not rows.loc["r0-baseA", "rising_end"] and rows.loc["r0-baseA", "cut_short"]
+    assert rows.loc["r0-baseA", "still_improving"] and rows.loc["r0-baseA", "high_epochs"] == 16
+    assert rows.loc["r0-baseA", "high_slope"] == pytest.approx(0.02)
+    assert not rows.loc["r0-baseB", "still_improving"] and not rows.loc["r0-baseB", "cut_short"]
+    assert list(result.flagged["key"]) == ["r0-baseA"]
+    # the same climb on a small validation set (20 images) is within the noise of one measurement
+    small = conv.check_convergence([_cosine_record("r0-baseA", climbing)], epochs=20, val_images={(0, "B"): 20})
+    assert not small.networks["cut_short"].iloc[0]
+    # with a constant rate the two windows are one: no separate cut-short reading
+    constant = RunRecord(key="r0-baseA", replicate=0, treatment="baseA", role="base", target="A", n=0, status="done",
+                         history=tuple({"epoch": e + 1, "lr": 0.05, "val_top1": v} for e, v in enumerate(plateaued)))
+    row = conv.check_convergence([constant], epochs=20).networks.iloc[0]
+    assert row["high_epochs"] == 20 and math.isnan(row["high_slope"]) and not row["cut_short"]
+
+
+def test_the_head_start_check_reads_the_replicate_level_interval() -> None:
+    frame = _frame()
+    assert conv.head_start(frame.iloc[0:0]) is None
+    hs = conv.head_start(frame)  # BnB sits at base - coadaptation (0 at n = 1) + noise
+    assert hs.n == 1 and hs.replicates == 3 and not hs.detected
+    bnb = (frame["role"] == "selffer") & (frame["n"] == 1)
+    frame.loc[bnb, "test_top1"] += 0.05
+    hs = conv.head_start(frame)
+    # each replicate's difference is the mean of its two directions; the interval is over the 3 replicates
+    per_rep = [np.mean([0.05 + NOISE[(r, t)] for t in "AB"]) for r in range(3)]
+    assert hs.mean == pytest.approx(np.mean(per_rep))
+    half = sps.t.ppf(0.975, 2) * np.std(per_rep, ddof=1) / math.sqrt(3)
+    assert (hs.ci_low, hs.ci_high) == pytest.approx((np.mean(per_rep) - half, np.mean(per_rep) + half))
+    assert hs.detected
 
 
 # ----------------------------------------------------------------- synthetic run tables (reading)

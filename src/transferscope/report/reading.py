@@ -251,14 +251,18 @@ def reading(df: pd.DataFrame, convergence=None, comparison: Comparison | None = 
             verb = "was" if flagged == 1 else "were"
             noise = ("beyond noise" if full.loc[full["still_improving"], "noise"].notna().all()
                      else "not checked against noise: the validation set sizes are not known here")
-            out.append(f"**Training budget.** {flagged} of {len(full)} base networks {verb} still improving at the end "
-                       f"(validation slope > {convergence.threshold} per epoch over the last epochs, {noise}): "
+            short = int(full["cut_short"].sum()) if "cut_short" in full else 0
+            how = (f"validation slope > {convergence.threshold} per epoch over the last epochs"
+                   + (f", or, for {short} of them, over the last epochs at which the learning rate was still above a "
+                      "tenth of its peak: cut short by the schedule" if short else "") + f", {noise}")
+            out.append(f"**Training budget.** {flagged} of {len(full)} base networks {verb} still improving when "
+                       f"training stopped ({how}): "
                        "the claims above about BnB, AnB and AnB+ against base may reflect a head start, not feature "
                        "generality; "
                        f"a budget of about {convergence.suggested_epochs} epochs is suggested.")
         else:
             which = "The one base network was not" if len(full) == 1 else f"None of the {len(full)} base networks was"
-            out.append(f"**Training budget.** {which} still improving at the end "
+            out.append(f"**Training budget.** {which} still improving when training stopped "
                        "(see *Was the study trained long enough?* for the criterion).")
     if comparison is not None:
         out.append(comparison.sentence())

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import transferscope.analysis.convergence as conv
@@ -53,7 +54,7 @@ from transferscope.report.analysis_figures import (
 from transferscope.report.reading import Comparison, compare_studies, interval, reading, signed
 from transferscope.report.tables import format_cell as _cell
 from transferscope.report.text import MISSING, ci_text, markdown_table, number, slug
-from transferscope.stats import PAIR, ROLE_LABELS, done_runs
+from transferscope.stats import CONFIDENCE, PAIR, ROLE_LABELS, done_runs
 from transferscope.store import Store
 from transferscope.study import Study
 from transferscope.treatments import TREATMENTS, base_key, treatment
@@ -138,6 +139,12 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
              f"({c.threshold * 100:g} points per epoch) flags it as **still improving**, unless the rise it implies "
              "over the tail (slope x (k - 1)) is within the noise of one validation measurement (twice the binomial "
              "standard error, 2 sqrt(p(1-p)/n_val)): then it is *rising within noise*.\n"]
+    if schedule != "constant":
+        lines.append(f"A flat end is necessary, not sufficient: the {schedule} schedule lowers the learning rate, which "
+                     "flattens every curve at its end, converged or not. So each curve is also fitted over the last k "
+                     f"epochs at which its learning rate was above {conv.HIGH_RATE:g} of its peak; still rising there (same threshold "
+                     "and noise floor), the network was **cut short**: it was improving at a useful rate when the "
+                     "schedule began to lower the rate, and counts as still improving.\n")
     if val_images is None and c.assessable:
         lines.append("The validation set sizes are not known here (they are counted from the dataset, and "
                      f"{_no_images(study)}): the noise floor is not applied, so a network flagged still improving may "
@@ -155,12 +162,18 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
         lines.append("![Validation top-1 of each finished base network trained on all of its data, with the fitted "
                      "tail slope (red: still improving)](convergence.png)\n")
         def verdict(r) -> str:
-            return "**yes**" if r.still_improving else ("rising within noise" if r.slope_above else "no")
+            if r.rising_end:
+                return "**yes**"
+            return "**cut short**" if r.cut_short else "rising within noise" if r.slope_above else "no"
 
+        high = schedule != "constant"
         rows = [[r.key, str(r.epochs), str(r.k), number(r.slope, sign=True, digits=4), number(r.rise, sign=True),
-                 number(r.noise), number(r.final_val), number(r.best_val), verdict(r)] for r in full.itertuples()]
+                 number(r.noise), number(r.final_val), number(r.best_val),
+                 *([f"{number(r.high_slope, sign=True, digits=4)} ({r.high_epochs} epochs)"] if high else []),
+                 verdict(r)] for r in full.itertuples()]
         lines.append(markdown_table(["base network", "epochs", "tail k", "slope per epoch", "rise over tail", "noise floor",
-                             "final val top-1", "best val top-1", "still improving"], rows))
+                                     "final val top-1", "best val top-1",
+                                     *(["slope while the rate was high"] if high else []), "still improving"], rows))
         reduced = c.networks.loc[c.networks["target_size"].notna()]
         if len(reduced):
             lines.append(f"Base networks trained on reduced target data (target sizes): "
@@ -168,23 +181,43 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
         flagged = full.loc[full["still_improving"]]
         if len(flagged):
             verb = "was" if len(flagged) == 1 else "were"
+            short = int(flagged["cut_short"].sum())
             lines.append(f"**{len(flagged)} of {len(full)} base networks {verb} still improving when training "
-                         "stopped.** "
+                         "stopped**" + (f" ({short} of them cut short by the schedule: still rising while the learning "
+                                        "rate was high, flat only because it fell)" if short else "") + ". "
                          "This undermines the comparisons with base: with unconverged base networks, copied layers "
                          "act as a head start rather than as features, so BnB and AnB can match or beat base at low n "
                          "and the fine-tuning gain (AnB+ - base) is inflated; the specificity and co-adaptation "
                          "estimates then mix feature generality with training time. "
                          f"Suggested budget: `train.epochs = {c.suggested_epochs}` (the larger of twice the current "
-                         f"{epochs} epochs and the epochs at which the steepest tail slope, "
-                         f"{float(flagged['slope'].max()):+.4f} per epoch, would fall to {c.threshold} if accuracy "
+                         f"{epochs} epochs and the epochs at which the steepest slope, "
+                         f"{_steepest(flagged):+.4f} per epoch, would fall to {c.threshold} if accuracy "
                          "grew like log(epoch)).\n")
         else:
             lines.append("No base network trained on all of its data was still improving at the end.\n")
-        if schedule != "constant":
-            lines.append(f"A flat tail is necessary, not sufficient: the {schedule} schedule brings the learning rate "
-                         "down at the end, which flattens every curve whatever the budget. The head-start symptom "
-                         "(the Reading's *Head start?*: BnB - base at the lowest cut point) is the other check.\n")
+    hs = conv.head_start(done) if len(done) else None
+    if hs is not None:
+        stats = ci_text(hs.mean, hs.ci_low, hs.ci_high, f"{hs.replicates} replicate" + ("s" if hs.replicates != 1 else ""),
+                        sign=True)
+        if hs.detected:
+            said = ("significantly above zero: the head-start symptom. Copied layers that beat their own network "
+                    "retrained from that point act as a head start, not as features")
+        elif math.isfinite(hs.p) and hs.p < 1.0 - CONFIDENCE:
+            said = "significantly below zero: no head start"
+        elif not math.isfinite(hs.ci_high):
+            said = "no interval with one replicate, so the data cannot tell whether there is a head start"
+        else:
+            said = (f"the data cannot tell it from zero: no head start is detected, but one of up to "
+                    f"{number(hs.ci_high, sign=True)} is within the interval")
+        lines.append(f"The symptom on the study's own numbers: BnB - base at n = {hs.n} (each replicate's difference "
+                     f"paired within it; 95% interval over replicates) is {stats}, {said}.\n")
     return Section("Was the study trained long enough?", "\n".join(lines))
+
+
+def _steepest(flagged: pd.DataFrame) -> float:
+    """The steepest slope that flagged a network: at its end, or while its rate was high where it was cut short."""
+    return float(np.nanmax(np.concatenate([flagged["slope"].to_numpy(float),
+                                           flagged.loc[flagged["cut_short"], "high_slope"].to_numpy(float)])))
 
 
 # ------------------------------------------------------------------------------------- CKA
