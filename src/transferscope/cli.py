@@ -152,6 +152,10 @@ def _dry_run(study: Study, out: Path) -> None:
                f"(calibrated here: one training step of the whole network {cal.step * 1e3:.0f} ms at batch "
                f"{cal.batch_size}, {cal.numerics} on {cal.device}, {cal.threads} thread(s) per worker); start-up, "
                "data loading and the report come on top")
+    if config.train.budget == "plateau":
+        typer.echo(f"budget: found on validation plateaus (train.budget = \"plateau\"): the time above is an upper "
+                   f"bound, every run at the maximum of train.epochs = {config.train.epochs}; the base networks stop "
+                   "at their plateaus and every other run trains as many steps as its task's base")
     busy = dryrun.busy_note()
     if busy:
         typer.echo(f"note: {busy}")

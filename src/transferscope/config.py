@@ -207,6 +207,16 @@ class TrainConfig(_Section):
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     step_epochs: int = Field(10, ge=1)
     step_gamma: float = Field(0.1, gt=0, le=1)
+    #: "fixed": every run trains ``epochs`` epochs on its schedule. "plateau": each base network
+    #: trained on all its data divides its rate by ``step_gamma`` when its validation top-1 has not
+    #: improved by more than ``plateau_threshold`` for more than ``plateau_patience`` epochs, and stops
+    #: at the plateau after ``plateau_drops`` drops (or at ``epochs``, the maximum); every other run on
+    #: that task then trains as many optimisation steps as that base did, its rate dropped at the same
+    #: steps (the paper's schedule, with the drop points found instead of fixed). Needs ``schedule = "step"``.
+    budget: Literal["fixed", "plateau"] = "fixed"
+    plateau_patience: int = Field(3, ge=0)
+    plateau_threshold: float = Field(0.002, ge=0)
+    plateau_drops: int = Field(2, ge=0)
     augment: bool = True
     #: learning-rate multiplier for copied layers in fine-tuned treatments (paper: 1.0)
     finetune_lr_scale: float = Field(1.0, ge=0)
@@ -342,6 +352,13 @@ class StudyConfig(_Section):
         if wrong:
             raise ValueError(f"treatments.names: {', '.join(wrong)} cannot run in a study with source.kind = "
                              f"{self.source.kind!r}; allowed: {', '.join(names_of(design))}")
+        if self.train.budget == "plateau" and self.train.schedule != "step":
+            raise ValueError(f"train.budget = \"plateau\" drops the learning rate by train.step_gamma at each "
+                             f"plateau: it needs train.schedule = \"step\", not {self.train.schedule!r}")
+        if self.train.budget == "plateau" and t.target_sizes and t.size_budget != "steps":
+            raise ValueError("treatments.size_budget: with train.budget = \"plateau\" every run trains as many "
+                             "steps as its task's base network found, so reduced target data needs "
+                             "treatments.size_budget = \"steps\", not \"epochs\"")
         allowed = ("T",) if design == "pretrained" else ("A", "B")
         if set(t.targets) - set(allowed):
             raise ValueError(f"treatments.targets: with source.kind = {self.source.kind!r} the targets are "

@@ -10,7 +10,7 @@ interrupted one starts over.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -77,21 +77,28 @@ class Schedule:
     """The driver's state while a study runs: which runs are settled (recorded in a final state),
     which jobs wait for their source network, which are out on the executor."""
 
-    def __init__(self, jobs: list[Job], settled: dict[str, str]):
+    def __init__(self, jobs: list[Job], settled: dict[str, str],
+                 budget_base: Callable[[Job], str | None] = lambda job: None):
         self.waiting = list(jobs)
         self.status = dict(settled)  # run key -> recorded status, for settled runs only
         self.submitted: dict[str, Job] = {}
         self.recorded: set[str] = set()  # runs recorded by this session
+        self.budget_base = budget_base
 
     def ready(self) -> Iterator[tuple[Job, str | None]]:
-        """Jobs whose source network is settled, each with why it cannot run (its source's status
-        when that is not done) or None; they leave the waiting list."""
+        """Jobs whose source network (and, under a plateau budget, the base network whose budget
+        they follow) is settled, each with why it cannot run (that network's status when it is not
+        done) or None; they leave the waiting list."""
         for job in list(self.waiting):
-            dep = job.depends_on
-            if dep is not None and dep not in self.status:
-                continue  # its source network is not trained yet
+            dep, budget = job.depends_on, self.budget_base(job)
+            if any(k is not None and k not in self.status for k in (dep, budget)):
+                continue  # its source network, or the one whose budget it follows, is not trained yet
             self.waiting.remove(job)
-            blocked = None if dep is None or self.status[dep] == "done" else f"source network {dep} is {self.status[dep]}"
+            blocked = None
+            if dep is not None and self.status[dep] != "done":
+                blocked = f"source network {dep} is {self.status[dep]}"
+            elif budget is not None and self.status[budget] != "done":
+                blocked = f"its budget comes from base network {budget}, which is {self.status[budget]}"
             if blocked is None:
                 self.submitted[job.key] = job
             yield job, blocked
@@ -201,7 +208,8 @@ class _Driver:
         return pending, {k: st for k, st in recorded.items() if k in finished}  # a retried source is not settled
 
     def _execute(self, pending: list[RunSpec], settled: dict[str, str]) -> None:
-        self.schedule = Schedule(group_jobs(pending, shares_frozen_features(self.study.config)), settled)
+        self.schedule = Schedule(group_jobs(pending, shares_frozen_features(self.study.config)), settled,
+                                 self._budget_base)
         executor = make_executor(self.study.config, self.store, self.study)
         completed = False
         try:
@@ -233,9 +241,24 @@ class _Driver:
                                      event.traceback or event.error)
             self._submit_ready(executor)
 
+    def _budget_base(self, job: Job) -> str | None:
+        """The base network whose plateau budget the job's runs follow (one per job: a job's runs
+        share their target), or None."""
+        return next((b for s in job.specs if (b := self.study.budget_base(s)) is not None), None)
+
+    def _with_budgets(self, job: Job) -> Job:
+        """The job with the budget its base network found, read from that base's record."""
+        base = self._budget_base(job)
+        if base is None:
+            return job
+        found = RunRecord.from_json(self.store.run_path(base).read_text()).budget
+        return replace(job, budgets={s.key: found for s in job.specs if self.study.budget_base(s) == base})
+
     def _submit_ready(self, executor: Executor) -> None:
         for job, blocked in self.schedule.ready():
             if blocked is None:
+                job = self._with_budgets(job)
+                self.schedule.submitted[job.key] = job
                 executor.submit(job)
             else:
                 for spec in job.specs:

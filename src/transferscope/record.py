@@ -149,7 +149,8 @@ def _split(d: dict[str, Any]) -> Split:
 
 
 def _budget(d: dict[str, Any]) -> Budget:
-    return Budget(**d)
+    drops = d.get("drops")
+    return Budget(**{**d, "drops": None if drops is None else tuple(drops)})
 
 
 _REQUIRED = {"key": str, "replicate": int, "treatment": str, "role": str, "target": str, "n": int, "status": str}

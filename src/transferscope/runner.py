@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from transferscope.provenance import provenance
 from transferscope.record import FeatureCache, RunRecord, Split
 from transferscope.seeds import derive_seed
 from transferscope.surgery import freeze, parameter_counts, reestimate_bn, transplant
-from transferscope.train import train_network
+from transferscope.train import Budget, train_network
 from transferscope.treatments import Job, RunSpec
 
 if TYPE_CHECKING:
@@ -48,15 +48,16 @@ class RunResult:
     traceback: str | None = None  # a failed run's: the driver moves it to the study's errors.log
 
 
-def make_record(study: Study, spec: RunSpec, status: str, **outcome: Any) -> RunRecord:
-    """The record of ``spec``: its identity, data, budget, seeds and provenance, with ``status``
-    and the ``outcome`` fields of :class:`~transferscope.record.RunRecord`."""
+def make_record(study: Study, spec: RunSpec, status: str, budget: Budget | None = None, **outcome: Any) -> RunRecord:
+    """The record of ``spec``: its identity, data, budget (``budget``, or the one the study plans),
+    seeds and provenance, with ``status`` and the ``outcome`` fields of
+    :class:`~transferscope.record.RunRecord`."""
     split = study.split(spec.replicate)
     return RunRecord(
         key=spec.key, replicate=spec.replicate, treatment=spec.treatment, role=spec.role, target=spec.target,
         n=spec.n, status=status, source=spec.source, target_size=spec.size, frozen_layers=spec.frozen,
         copied_layers=spec.copied, source_network=spec.source_net, depends_on=spec.depends_on,
-        train_images=study.train_images(*spec.task_key), budget=study.budget(spec),
+        train_images=study.train_images(*spec.task_key), budget=budget or study.budget(spec),
         split=Split(split.names("A"), split.names("B"), split.description), seeds=study.seeds(spec),
         config=study.config.to_dict(), **outcome, provenance=provenance(),
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -124,12 +125,13 @@ class Runner:
         the prefix outputs computed once (where they fit in ``train.feature_memory_gb``)."""
         bank = self._feature_bank(job) if job.shares_features else None
         for spec in job.specs:
+            follow = job.budgets.get(spec.key)
             if bank is None:
-                yield self.run(spec, on_epoch)
+                yield self.run(spec, on_epoch, follow=follow)
                 continue
             start = time.perf_counter()
             feats = bank.at(spec.n)
-            yield self.run(spec, on_epoch, features=feats, feature_time=time.perf_counter() - start)
+            yield self.run(spec, on_epoch, features=feats, feature_time=time.perf_counter() - start, follow=follow)
 
     def _feature_bank(self, job: Job) -> FeatureBank | None:
         """The prefix outputs a frozen job's runs share, or None where not even one view fits in
@@ -146,20 +148,29 @@ class Runner:
                            seed=derive_seed("views", self.study.config.seed, first.source_net, first.target))
 
     def run(self, spec: RunSpec, on_epoch: EpochCallback | None = None, features: FrozenFeatures | None = None,
-            feature_time: float = 0.0) -> RunResult:
-        """Train one run. A crash is recorded as a failed run rather than ending the study."""
+            feature_time: float = 0.0, follow: Budget | None = None) -> RunResult:
+        """Train one run. A crash is recorded as a failed run rather than ending the study.
+        ``follow``: under ``train.budget = "plateau"``, the budget its base network found."""
         start = time.perf_counter()
         if spec.kind.head == "linear":
             return self._probe(spec, start)
         try:
+            base = self.study.budget_base(spec)
+            if base is not None and follow is None:
+                raise ValueError(f"train.budget = \"plateau\": {spec.key} follows the budget {base} found, and "
+                                 "was given none")
+            budget = self.study.budget(spec, follow)
             net = self.build_network(spec)
             trainable, total = parameter_counts(net)
             cfg = self.study.config
             outcome = train_network(
                 net, self.study.task(*spec.task_key), cfg.train, cfg.eval, copied=spec.copied,
                 seeds=self.study.seeds(spec).training, flip=self.study.flip,
-                numerics=self.numerics, features=features, budget=self.study.budget(spec),
+                numerics=self.numerics, features=features, budget=budget, plateau=self.study.finds_budget(spec),
                 on_epoch=(lambda e, row: on_epoch(spec.key, e, row)) if on_epoch else None)
+            if self.study.finds_budget(spec):  # what it found: the steps, epochs and drops it ran
+                budget = replace(budget, epochs=len(outcome.history), steps=outcome.steps, drops=tuple(outcome.drops),
+                                 found_by=spec.key, stopped=outcome.stopped)
         except Exception as e:  # noqa: BLE001  (a crash in one run must not end the study)
             # the driver moves the traceback to the study's errors.log; the record keeps one line
             return RunResult(make_record(self.study, spec, "failed", error=one_line(e),
@@ -167,7 +178,7 @@ class Runner:
         cache = (FeatureCache(views=len(features.train_views), memory_mb=round(features.nbytes / 2**20, 2),
                               build_time_s=round(feature_time, 3)) if features is not None else None)
         record = make_record(
-            self.study, spec, outcome.status, history=tuple(outcome.history), metrics=outcome.metrics,
+            self.study, spec, outcome.status, budget=budget, history=tuple(outcome.history), metrics=outcome.metrics,
             diverged_epoch=outcome.diverged_epoch, steps_run=outcome.steps, trainable_params=trainable,
             total_params=total, wall_time_s=time.perf_counter() - start + feature_time, precision=self.numerics.name,
             device=str(self.numerics.device), feature_cache=cache)

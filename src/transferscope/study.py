@@ -24,7 +24,7 @@ from transferscope.sources import SourceSpec, load_source_weights
 from transferscope.store import Store
 from transferscope.surgery import check_cut
 from transferscope.train import Budget, run_budget
-from transferscope.treatments import RunSpec, build_plan
+from transferscope.treatments import RunSpec, base_key, build_plan
 
 
 def describe_data(data: ImageData) -> dict[str, Any]:
@@ -209,13 +209,32 @@ class Study:
         """How many validation and test images :meth:`task` gives (from the labels alone)."""
         return len(self._labels(replicate, name, "val")), len(self._labels(replicate, name, "test"))
 
-    def budget(self, spec: RunSpec) -> Budget:
+    def budget(self, spec: RunSpec, follow: Budget | None = None) -> Budget:
         """How long ``spec`` trains: ``train.epochs`` on its task's full training set, and on
-        reduced target data what ``treatments.size_budget`` gives (see train.run_budget)."""
+        reduced target data what ``treatments.size_budget`` gives (see train.run_budget). Under
+        ``train.budget = "plateau"`` that is the maximum; ``follow``: the budget its base network
+        found (:meth:`budget_base`), which it then trains exactly."""
         if spec.kind.head == "linear":  # a probe is fitted in closed form: no optimisation steps
             return Budget(0, 0, self.config.treatments.size_budget)
+        base = self.budget_base(spec)
+        if follow is not None and base is not None:
+            return follow.follow(base, self.train_images(*spec.task_key), self.config.train.batch_size)
         return run_budget(self.config.train, self.config.treatments.size_budget, self.train_images(*spec.task_key),
                           self.train_images(spec.replicate, spec.target))
+
+    def finds_budget(self, spec: RunSpec) -> bool:
+        """Under ``train.budget = "plateau"``: a base network trained on all its data, which finds
+        the budget (steps and learning-rate drops) every other run on its task follows."""
+        return self.config.train.budget == "plateau" and spec.kind.is_base and spec.size is None
+
+    def budget_base(self, spec: RunSpec) -> str | None:
+        """Under ``train.budget = "plateau"``, the base network whose budget ``spec`` follows: that
+        of its target task, trained on all its data (as in the paper, every network is compared
+        with its base after the same number of steps). None for that base itself, a probe (no
+        steps) and a fixed budget."""
+        if self.config.train.budget != "plateau" or spec.kind.head == "linear" or self.finds_budget(spec):
+            return None
+        return base_key(spec.replicate, spec.target)
 
     def seeds(self, spec: RunSpec) -> Seeds:
         """The seeds of the random streams ``spec`` draws from: named by what they are for and

@@ -37,6 +37,8 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     diverged_epoch: int | None = None
     steps: int = 0  # optimisation steps taken
+    drops: list[int] = field(default_factory=list)  # plateau budget: the steps after which the rate dropped
+    stopped: str | None = None  # plateau budget: why training ended
 
 
 def steps_per_epoch(images: int, batch_size: int) -> int:
@@ -49,11 +51,27 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
 class Budget:
     """How long one run trains: ``steps`` optimisation steps over ``epochs`` passes through its
     training images (the last pass stops early where the steps do not fill it), and the rule of
-    ``treatments.size_budget`` that set them."""
+    ``treatments.size_budget`` that set them.
+
+    With ``train.budget = "plateau"``: a base network trained on all its data is given the maximum
+    (``train.epochs``) and records what it found: ``drops``, the steps after which its rate was
+    divided by ``train.step_gamma``, and ``stopped``, why it ended; every other run on that task
+    follows it (``found_by``: that base's key; its ``steps`` and ``drops``)."""
 
     epochs: int
     steps: int
     rule: SizeBudget
+    drops: tuple[int, ...] | None = None
+    found_by: str | None = None
+    stopped: str | None = None
+
+    def follow(self, key: str, images: int, batch_size: int) -> Budget:
+        """The budget of a run on ``images`` training images that follows this one (found by base
+        network ``key``): the same steps, and the same drops."""
+        if self.drops is None:
+            raise ValueError(f"{key}'s budget records no learning-rate drops: it was not found on a plateau")
+        return Budget(math.ceil(self.steps / steps_per_epoch(images, batch_size)), self.steps, "steps",
+                      tuple(self.drops), key)
 
 
 def run_budget(cfg: TrainConfig, rule: SizeBudget, images: int, full_images: int) -> Budget:
@@ -171,13 +189,16 @@ def evaluate(model: CutNet, feed: Feed, part: str, numerics: Numerics, batch_siz
 
 def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalConfig, *, copied: int,
                   seeds: TrainingSeeds, flip: bool = False, numerics: Numerics | None = None,
-                  features: FrozenFeatures | None = None, budget: Budget | None = None,
+                  features: FrozenFeatures | None = None, budget: Budget | None = None, plateau: bool = False,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> Outcome:
     """Train ``model`` in place on ``task`` and evaluate it. ``seeds``: the data order, the
     augmentation and dropout each draw from their own stream; ``copied`` says how many leading layers came from a source
     network. With ``features`` (the frozen prefix's outputs, computed once), only the layers
     above the frozen prefix run. ``budget``: how long to train (default: ``cfg.epochs`` epochs,
-    as on a full training set)."""
+    as on a full training set); where it has ``drops``, the rate follows them (a run following a
+    base network's plateau budget). ``plateau``: find the budget (a base network under
+    ``train.budget = "plateau"``): drop the rate at each validation plateau, stop at the plateau
+    after ``cfg.plateau_drops`` drops or at the budget, whichever comes first."""
     numerics = numerics or Numerics(torch.device("cpu"), None, False)
     if budget is None:
         budget = run_budget(cfg, "epochs", len(task.train), len(task.train))
@@ -191,20 +212,35 @@ def train_network(model: CutNet, task: Task, cfg: TrainConfig, eval_cfg: EvalCon
     # leave the caller's stream as it was
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeds.dropout)
-        return _train(model, feed, cfg, eval_cfg, copied, seeds, numerics, budget, on_epoch)
+        return _train(model, feed, cfg, eval_cfg, copied, seeds, numerics, budget, plateau, on_epoch)
+
+
+def lr_at(cfg: TrainConfig, budget: Budget, epoch: int, steps_done: int) -> float:
+    """The learning rate of an epoch: from the schedule, or where the budget follows a base
+    network's plateaus, divided by ``cfg.step_gamma`` once per drop already passed."""
+    if budget.drops is not None:
+        return cfg.lr * cfg.step_gamma ** sum(d <= steps_done for d in budget.drops)
+    return cfg.lr * lr_factor(cfg, epoch, budget.epochs)
 
 
 def _train(model: CutNet, feed: Feed, cfg: TrainConfig, eval_cfg: EvalConfig, copied: int, seeds: TrainingSeeds,
-           numerics: Numerics, budget: Budget, on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
+           numerics: Numerics, budget: Budget, plateau: bool,
+           on_epoch: Callable[[int, dict[str, float]], None] | None) -> Outcome:
     opt = make_optimizer(model, cfg, copied)
+    # the plateau detector (a base network finding its budget): torch's ReduceLROnPlateau on the
+    # validation top-1, which owns the rate from the first epoch on
+    detector = (torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=cfg.step_gamma, patience=cfg.plateau_patience, threshold=cfg.plateau_threshold,
+        threshold_mode="abs", eps=0.0) if plateau else None)
     # loss scaling only for fp16; bf16 and fp32 step directly (no per-step scaler calls)
     scaler = torch.amp.GradScaler(numerics.device.type) if numerics.dtype == torch.float16 else None
     n = len(feed.task.train)
     order_stream, augment_stream = generator(seeds.order), generator(seeds.augment)
     outcome = Outcome("done")
     model.train()  # evaluate() puts it back in training mode
+    drops = 0
     for epoch in range(budget.epochs):
-        lr = cfg.lr * lr_factor(cfg, epoch, budget.epochs)
+        lr = cfg.lr * cfg.step_gamma**drops if detector is not None else lr_at(cfg, budget, epoch, outcome.steps)
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
         order = torch.randperm(n, generator=order_stream)
@@ -236,6 +272,17 @@ def _train(model: CutNet, feed: Feed, cfg: TrainConfig, eval_cfg: EvalConfig, co
         outcome.history.append(row)
         if on_epoch is not None:
             on_epoch(epoch + 1, row)
+        if detector is not None:
+            before = opt.param_groups[0]["lr"]
+            detector.step(val["top1"])
+            if opt.param_groups[0]["lr"] < before:  # a plateau
+                if drops == cfg.plateau_drops:
+                    outcome.stopped = f"plateau after {drops} drop(s), at epoch {epoch + 1}"
+                    break
+                drops += 1
+                outcome.drops.append(outcome.steps)
+    if detector is not None and outcome.stopped is None and outcome.status == "done":
+        outcome.stopped = f"the maximum of {budget.epochs} epochs (train.epochs), after {drops} drop(s)"
     if outcome.status == "done":
         test = evaluate(model, feed, "test", numerics, eval_cfg.batch_size)
         val_scores = sorted((h["val_top1"] for h in outcome.history), reverse=True)

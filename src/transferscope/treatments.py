@@ -55,11 +55,12 @@ and AnB-adabn trains exactly what AnB trains (same record but for its name and r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from transferscope.config import StudyConfig
+    from transferscope.train import Budget
 
 #: which network layers 1..n start from: the target task's own base network, the other task's,
 #: the untrained network of the replicate and target, or the pretrained network of the study's
@@ -231,10 +232,10 @@ def names_of(design: Design) -> tuple[str, ...]:
 def _check_table() -> None:
     """The table's own consistency, checked on import: unique names, roles and labels, names that
     are their pattern for target B, decomposition roles that exist."""
-    for field in ("name", "role", "label"):
-        values = [getattr(t, field) for t in TREATMENTS]
+    for column in ("name", "role", "label"):
+        values = [getattr(t, column) for t in TREATMENTS]
         if len(set(values)) != len(values):
-            raise ValueError(f"treatments: repeated {field} in {values}")
+            raise ValueError(f"treatments: repeated {column} in {values}")
     for t in TREATMENTS:
         if t.name not in (t.run_name("B"), t.run_name("T"), t.pattern.replace("{T}", "")):
             raise ValueError(f"treatment {t.name}: pattern {t.pattern!r} gives {t.run_name('B')!r} for target B")
@@ -364,6 +365,9 @@ class Job:
     specs: tuple[RunSpec, ...]
     #: its frozen runs train on the prefix outputs computed once (decided here, by group_jobs)
     shares_features: bool = False
+    #: under ``train.budget = "plateau"``: run key -> the budget found by the base network it
+    #: follows (set by the driver when it submits the job, from that base's record)
+    budgets: dict[str, Budget] = field(default_factory=dict)
 
     @property
     def depends_on(self) -> str | None:

@@ -195,6 +195,8 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
                          "grew like log(epoch)).\n")
         else:
             lines.append("No base network trained on all of its data was still improving at the end.\n")
+    if study.config.train.budget == "plateau":
+        lines.append(_plateau_text(records, study.config.train))
     hs = conv.head_start(done) if len(done) else None
     if hs is not None:
         stats = ci_text(hs.mean, hs.ci_low, hs.ci_high, f"{hs.replicates} replicate" + ("s" if hs.replicates != 1 else ""),
@@ -212,6 +214,27 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
         lines.append(f"The symptom on the study's own numbers: BnB - base at n = {hs.n} (each replicate's difference "
                      f"paired within it; 95% interval over replicates) is {stats}, {said}.\n")
     return Section("Was the study trained long enough?", "\n".join(lines))
+
+
+def _plateau_text(records: list[RunRecord], train) -> str:
+    """The budget each base network found on its validation plateaus, and why it stopped."""
+    finders = [r for r in records if r.budget is not None and r.budget.found_by == r.key and r.status == "done"]
+    if not finders:
+        return "The training budget is found on validation plateaus (`train.budget = \"plateau\"`); no base network " \
+               "has found one yet.\n"
+    rows = []
+    for r in sorted(finders, key=lambda r: r.key):
+        rates = [h.get("lr") for h in r.history]
+        drops = [str(i + 1) for i in range(1, len(rates)) if rates[i] is not None and rates[i - 1] is not None
+                 and rates[i] < rates[i - 1]]
+        rows.append([r.key, str(r.budget.steps), str(r.budget.epochs), ", ".join(drops) or "none",
+                     r.budget.stopped or MISSING])
+    return ("**Budget found on validation plateaus** (`train.budget = \"plateau\"`): each base network trained on all "
+            f"its data divided its learning rate by {train.step_gamma:g} when its validation top-1 had not improved by "
+            f"more than {train.plateau_threshold:g} for more than {train.plateau_patience} epoch(s), and stopped at "
+            f"the plateau after {train.plateau_drops} drop(s) or at train.epochs = {train.epochs}; every other run on "
+            "its task trained as many optimisation steps, its rate dropped at the same steps.\n\n"
+            + markdown_table(["base network", "steps", "epochs", "rate divided from epoch", "stopped at"], rows))
 
 
 def _steepest(flagged: pd.DataFrame) -> float:
