@@ -117,3 +117,75 @@ def test_a_dry_run_decodes_no_image_and_shortens_class_lists(tmp_path):
     # the run itself decodes every image, and refuses the corrupt one
     run = CliRunner().invoke(app, [a for a in args if a != "--dry-run"])
     assert run.exit_code == 2 and "class03/7.png" in run.output, run.output
+
+
+# ------------------------------------------------------------------------ the paper's scale, planned
+
+
+def test_plan_flops_count_each_run_s_steps_and_evaluations_by_hand():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    study = Study.prepare(load_config(None, [*SMALL, "treatments.names=[\"base\", \"BnB\"]",
+                                             "train.frozen_features=\"recompute\""]))
+    net = study.network(0, "A").eval()
+    per_block = []
+    h = torch.zeros(1, *study.image_shape)
+    with torch.no_grad():
+        for block in net.blocks:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                h = block(h)
+            per_block.append(counter.get_total_flops())
+    assert dryrun.block_flops(study) == tuple(float(f) for f in per_block)
+    batch, total = study.config.train.batch_size, 0.0
+    for spec in study.plan:
+        budget, (val, test) = study.budget(spec), study.eval_images(spec.replicate, spec.target)
+        trained, frozen = sum(per_block[spec.frozen:]), sum(per_block[:spec.frozen])
+        images = budget.steps * batch
+        # a step: forward and backward (3x) of the layers it trains, forward (1x) of the frozen ones
+        total += images * (3 * trained + frozen) + (budget.epochs * val + test) * (trained + frozen)
+    assert dryrun.plan_flops(study) == pytest.approx(total, rel=1e-12)
+
+
+def test_the_imagenet_stand_in_has_ilsvrc_2012_s_shape():
+    from transferscope.data.standin import standin
+
+    data = standin(load_config("examples/paper-imagenet.toml").data)
+    assert len(data.class_names) == 1000 and data.image_shape == (3, 227, 227)
+    assert int((~data.is_test).sum()) == 1_281_167 and int(data.is_test.sum()) == 50_000
+    counts = np.bincount(data.y[~data.is_test].numpy())
+    assert counts.min() == 1281 and counts.max() == 1282
+    assert torch.equal(data.reader.read(7), data.reader.read(7))  # seeded: the same image every time
+    assert standin(load_config(None).data) is None  # digits: none (and none needed)
+    natural = Study.prepare(load_config("examples/paper-imagenet.toml", ['split.kind="natural-vs-manmade"']),
+                            decode=False, data=data)
+    assert (len(natural.split(0).a), len(natural.split(0).b)) == (449, 551)  # the paper's 449 natural, 551 man-made
+
+
+def test_the_paper_s_study_is_planned_from_its_file_without_imagenet(tmp_path):
+    """examples/paper-imagenet.toml against the paper's protocol, planned on the stand-in. CaffeNet at an
+    eighth of its width keeps the calibration to seconds here; the plan, budgets and steps do not depend
+    on the width."""
+    config = load_config("examples/paper-imagenet.toml")
+    t = config.train
+    assert (config.model.arch, config.model.options["dropout"], config.data.image_size) == ("caffenet", 0.5, 227)
+    assert (t.batch_size, t.lr, t.momentum, t.weight_decay, t.schedule, t.step_gamma) == (256, 0.01, 0.9, 5e-4,
+                                                                                           "step", 0.1)
+    assert (config.treatments.replicates, tuple(config.treatments.cut_points), config.split.kind) == (
+        2, tuple(range(1, 8)), "random")
+    result = CliRunner().invoke(app, ["run", "examples/paper-imagenet.toml", "--dry-run", "-o", str(tmp_path / "p"),
+                                      "--set", f"data.root={tmp_path / 'no-imagenet'}",
+                                      "--set", "model.options={width=0.125,dropout=0.5}"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "data: data.root: ImageNet files not found in" in out
+    assert ("planned and calibrated on a synthetic stand-in of imagenet's shape instead (1000 classes, 1,281,167 "
+            "training and 50,000 test images at 3x227x227, random pixels)") in out
+    assert "A = 500 classes" in out and "B = 500 classes" in out
+    assert "144 runs (4 base, 28 selffer, 28 selffer+, 28 transfer, 28 transfer+, 28 random), 180 epochs each" in out
+    steps = int(re.search(r"r0-baseA: ([\d,]+) optimisation steps of batch 256", out).group(1).replace(",", ""))
+    assert abs(steps - 450_000) / 450_000 < 0.02  # the paper's 450k iterations, within 2%
+    assert re.search(r"compute: [\d.]+ [EP]FLOP for 144 networks", out)
+    assert re.search(r"[\d,.]+ device-hours of this machine's cpu", out)
+    assert (f"`transferscope run STUDY.toml --executor ray --address HEAD:6379 -o {tmp_path / 'p'}`") in out
+    assert not (tmp_path / "p").exists()  # a dry run writes nothing

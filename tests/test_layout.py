@@ -19,8 +19,8 @@ LATE = {
     # the command imports what needs torch in the commands that use it: --help, and `report` on an
     # unchanged study (answered from its stamp), start in a fraction of a second
     **{("transferscope.cli", f"transferscope.{m}"): "torch only where a command needs it"
-       for m in ("analysis.estimate", "data", "disk", "driver", "dryrun", "models", "record", "report", "stats",
-                 "store", "study")},
+       for m in ("analysis.estimate", "data", "data.standin", "disk", "driver", "dryrun", "models", "record", "report",
+                 "stats", "store", "study")},
 }
 
 

@@ -83,7 +83,6 @@ def run(
     every cut point, then write the report."""
 
     from transferscope.driver import run_study
-    from transferscope.study import Study
 
     shortcuts = [f"execution.{k}={v}" for k, v in (("executor", executor), ("workers", workers)) if v is not None]
     if address is not None:
@@ -91,7 +90,7 @@ def run(
     config = load_config(study_file, [*set_, *shortcuts])
     out = output or _default_output(study_file)
     if dry_run:
-        _dry_run(Study.prepare(config, decode=False), out)
+        _dry_run(_plan(config), out)
         return
     result = run_study(config, out, progress=not quiet)
     bad = result.failed
@@ -102,6 +101,26 @@ def run(
                    + ", ".join(f"{n} {st}" for st, n in counts.items()) + f"): {shown}"
                    + (" ..." if len(bad) > 10 else "") + f"; see `transferscope status {out}`", err=True)
         raise typer.Exit(1)
+
+
+def _plan(config) -> Study:
+    """The study planned without decoding its images; where its dataset is not on this machine and
+    has a synthetic stand-in (data/standin.py), planned on that, with a line saying so."""
+    from transferscope.data.standin import standin
+    from transferscope.study import Study
+
+    try:
+        return Study.prepare(config, decode=False)
+    except UserError as e:
+        data = standin(config.data)
+        if data is None:
+            raise
+        typer.echo(f"data: {e}")
+        typer.echo(f"data: planned and calibrated on a synthetic stand-in of {config.data.dataset}'s shape instead "
+                   f"({len(data.class_names)} classes, {int((~data.is_test).sum()):,} training and "
+                   f"{int(data.is_test.sum()):,} test images at {'x'.join(map(str, data.image_shape))}, random "
+                   "pixels): the plan, budgets and times are the real dataset's, its accuracies are not")
+        return Study.prepare(config, decode=False, data=data)
 
 
 def _dry_run(study: Study, out: Path) -> None:
@@ -142,6 +161,9 @@ def _dry_run(study: Study, out: Path) -> None:
                   "optimisation steps as the full set)")
     else:
         budget = f"{epochs} epochs each"
+    first = study.plan[0]
+    budget += (f" ({first.key}: {study.budget(first).steps:,} optimisation steps of batch {config.train.batch_size} on "
+               f"{study.train_images(*first.task_key):,} training images)")
     typer.echo(f"{len(study.plan)} runs ({', '.join(f'{v} {k}' for k, v in roles.items())}), "
                f"{budget}, results in {out}")
     cal = dryrun.calibrate(study)
@@ -156,6 +178,17 @@ def _dry_run(study: Study, out: Path) -> None:
         typer.echo(f"budget: found on validation plateaus (train.budget = \"plateau\"): the time above is an upper "
                    f"bound, every run at the maximum of train.epochs = {config.train.epochs}; the base networks stop "
                    "at their plateaus and every other run trains as many steps as its task's base")
+    flops = dryrun.plan_flops(study)
+    typer.echo(f"compute: {_flops(flops)} for {len(study.plan)} networks (training steps at 3x the forward FLOPs of "
+               "the layers they train; FlopCounterMode); "
+               f"{est.worker_seconds / 3600:,.1f} device-hours of this machine's {cal.device} ({cal.numerics}, "
+               f"{cal.threads} thread(s) per worker), {flops / max(est.worker_seconds, 1e-9) / 1e12:.2f} TFLOP/s "
+               "as calibrated; run this dry run on the machine that will train to calibrate its device "
+               "(execution.device = \"cuda\" for a GPU)")
+    typer.echo(f"cluster (docs/cluster.md): `ray start --head --port=6379` on the head node, `ray start "
+               f"--address=HEAD:6379` on each worker, then `transferscope run STUDY.toml --executor ray --address "
+               f"HEAD:6379 -o {out}`; Ray spreads the {len(study.plan)} networks over its workers, a network's "
+               "dependants start when it is recorded")
     busy = dryrun.busy_note()
     if busy:
         typer.echo(f"note: {busy}")
@@ -163,12 +196,22 @@ def _dry_run(study: Study, out: Path) -> None:
                f"{disk.gb(disk.free_bytes(out))} free there")
 
 
+def _flops(flops: float) -> str:
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.3g} FLOP"
+
+
 def _minutes(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 100 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    days = seconds / 86400
+    return f"{seconds / 3600:,.0f} h ({days:,.0f} days)" if days < 730 else f"{seconds / 3600:,.0f} h ({days / 365:.1f} years)"
 
 
 @app.command()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from transferscope.analysis.networks import reduce_features
 from transferscope.data.augment import augment, normalize
@@ -239,3 +240,52 @@ def estimate_time(study: Study, cal: Calibration, specs: list[RunSpec] | None = 
                 max(s.n for s in job.specs))
     workers = default_workers(cfg) if cfg.execution.executor == "local" else 1
     return TimeEstimate(total, workers, cal)
+
+
+def block_flops(study: Study) -> tuple[float, ...]:
+    """Forward FLOPs per image of each block of the study's network (torch's FlopCounterMode on one
+    image: a multiply-add counts 2; convolutions and matrix products, what dominates)."""
+    first = study.plan[0]
+    net = study.network(first.replicate, first.target).eval()
+    h, out = torch.zeros(1, *study.image_shape), []
+    with torch.no_grad():
+        for block in net.blocks:
+            counter = FlopCounterMode(display=False)
+            with counter:
+                h = block(h)
+            out.append(float(counter.get_total_flops()))
+    return tuple(out)
+
+
+def plan_flops(study: Study, specs: list[RunSpec] | None = None) -> float:
+    """FLOPs of ``specs`` (default: the whole plan) by the budgets train.py gives them: a training
+    step counts 3x the forward FLOPs of the layers it trains (forward, and backward to activations
+    and weights) and 1x those of frozen layers it runs; evaluations (validation every epoch, test
+    once) and a probe's feature passes 1x; frozen runs that share their prefix outputs compute them
+    once per job (on each augmented view of the training images)."""
+    cfg = study.config
+    per_block = block_flops(study)
+
+    def fwd(lo: int, hi: int | None = None) -> float:
+        return sum(per_block[lo:hi])
+
+    total = 0.0
+    specs = study.plan if specs is None else specs
+    for job in group_jobs(specs, shares_frozen_features(cfg)):
+        for spec in job.specs:
+            val, test = study.eval_images(spec.replicate, spec.target)
+            train = study.train_images(*spec.task_key)
+            if spec.kind.head == "linear":
+                total += (train + val + test) * fwd(0, spec.n)
+                continue
+            budget = study.budget(spec)
+            images = budget.steps * cfg.train.batch_size
+            total += images * 3 * fwd(spec.frozen) + (budget.epochs * val + test) * fwd(spec.frozen)
+            if spec.frozen and not job.shares_features:  # the frozen prefix runs on every image it sees
+                total += (images + budget.epochs * val + test) * fwd(0, spec.frozen)
+        if job.shares_features:
+            first = job.specs[0]
+            val, test = study.eval_images(first.replicate, first.target)
+            views = cfg.train.feature_views if cfg.train.augment else 1
+            total += (views * study.train_images(*first.task_key) + val + test) * fwd(0, max(s.n for s in job.specs))
+    return total

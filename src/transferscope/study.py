@@ -89,11 +89,12 @@ class Study:
 
     @classmethod
     def prepare(cls, config: StudyConfig, splits: dict[int, dict[str, Any]] | None = None,
-                decode: bool = True) -> Study:
+                decode: bool = True, data: ImageData | None = None) -> Study:
         """Load the data and plan the runs. ``splits`` (as saved in splits.json) replaces
         drawing the class splits again, e.g. for a finished study whose split file moved.
-        ``decode=False`` leaves image files not decoded before undecoded (to plan, not to train)."""
-        data = load_dataset(config.data, decode=decode)
+        ``decode=False`` leaves image files not decoded before undecoded (to plan, not to train).
+        ``data``: these images instead of ``config.data``'s (a stand-in, to plan)."""
+        data = load_dataset(config.data, decode=decode) if data is None else data
         study = cls._build(config, data, describe_data(data), splits)
         if config.design == "pretrained":
             study.check_source()  # a bad [source] is one line now, before anything is written or trained
