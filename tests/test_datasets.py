@@ -885,3 +885,37 @@ def test_digits_honour_image_size():
     assert torch.equal(big.y, native.y) and big.fingerprint != native.fingerprint
     # the same resize as every array dataset: torchvision's antialiased bilinear on the native pixels
     assert torch.equal(big.x, images.resize_crop_tensor(native.x, 16))
+
+
+# ------------------------------------------------------------------------------------ untrusted files stay data
+
+
+class _RunsCode:
+    """What a tampered "CIFAR" batch file holds: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_cifar_batch_file_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        (folder / name).write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]},
+                                                 protocol=2))  # as the real files are written
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"], "payload": _RunsCode(marker)}))
+    with pytest.raises(UserError) as e:
+        load_dataset(cfg(tmp_path, dataset="cifar10", root=str(tmp_path)))
+    assert str(e.value) == (f"data.root: {folder / 'batches.meta'} is not a plain CIFAR batch file: it asks to load "
+                            "posix.system, which a dataset file never needs (only dicts, lists, strings, bytes, "
+                            "numbers and numpy arrays are read); refused without running it. Delete it and fetch "
+                            "the dataset again from its source")
+    assert not marker.exists()  # the call was never made
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"]}, protocol=2))
+    data = load_dataset(cfg(tmp_path, dataset="cifar10", root=str(tmp_path)))  # the same files, plain: read
+    assert data.class_names == ("a", "b") and data.x.shape == (12, 3, 32, 32)

@@ -79,15 +79,57 @@ def _combined(cfg: DataConfig, train: tuple[np.ndarray, np.ndarray], test: tuple
 # ------------------------------------------------------------------------------------ CIFAR
 
 
+#: what a CIFAR batch file may ask the unpickler for: numpy's array reconstruction, and the
+#: string-to-bytes conversion Python 3 writes for bytes in protocol 2 (dicts, lists, strings, bytes
+#: and numbers need no lookup). Anything else (a function to call, a class to build) is not data,
+#: and is refused before it runs.
+CIFAR_PICKLE_GLOBALS = frozenset({
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that asks for something a dataset file never holds."""
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """pickle's reader restricted to :data:`CIFAR_PICKLE_GLOBALS`: a file is parsed, never executed."""
+
+    def find_class(self, module: str, name: str):
+        # numpy 1 wrote numpy.core.*, numpy 2 numpy._core.* (the real CIFAR files: numpy.core.multiarray)
+        current = "numpy._core" + module[len("numpy.core"):] if module.startswith("numpy.core") else module
+        if (current, name) not in CIFAR_PICKLE_GLOBALS:
+            raise RefusedPickle(f"{module}.{name}")
+        return super().find_class(current, name)
+
+
 def _unpickle(path: Path) -> dict:
+    """A CIFAR batch file (a pickled dict of arrays, lists and strings), read by a restricted
+    unpickler: a file that asks for any other type (a tampered download that would run code) is
+    refused with one line, and nothing in it runs."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _DataUnpickler(f, encoding="latin1").load()
     except OSError as e:
         raise os_error(path, e) from None
+    except RefusedPickle as e:
+        raise UserError(f"data.root: {path} is not a plain CIFAR batch file: it asks to load {e}, which a dataset "
+                        "file never needs (only dicts, lists, strings, bytes, numbers and numpy arrays are read); "
+                        "refused without running it. Delete it and fetch the dataset again from its source") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
         raise UserError(f"data.root: cannot read {path} ({type(e).__name__}: {e}); the file is damaged: "
                         "delete it and fetch it again (data.download = true)") from None
+
+
+def _fetch_archive(dataset) -> Callable[[str], object]:
+    """Download and extract ``dataset``'s archive (a torchvision CIFAR class: its ``url``, ``filename``
+    and ``tgz_md5``), the checksum verified, without constructing the dataset: torchvision's own
+    reader unpickles the batch files unrestricted; ours (:func:`_unpickle`) reads them after."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    return lambda root: download_and_extract_archive(dataset.url, root, filename=dataset.filename,
+                                                     md5=dataset.tgz_md5)
 
 
 def _cifar(cfg: DataConfig, folder_name: str, train_files: list[str], test_file: str, meta_file: str,
@@ -119,7 +161,7 @@ def load_cifar10(cfg: DataConfig) -> ImageData:
     train = [f"data_batch_{i}" for i in range(1, 6)]
     root, files = _cifar(cfg, "cifar-10-batches-py", train, "test_batch", "batches.meta",
                          "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                         lambda r: CIFAR10(r, train=True, download=True))
+                         _fetch_archive(CIFAR10))
 
     def build() -> ImageData:
         meta = _unpickle(files[-1])
@@ -136,7 +178,7 @@ def load_cifar100(cfg: DataConfig) -> ImageData:
 
     root, files = _cifar(cfg, "cifar-100-python", ["train"], "test", "meta",
                          "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                         lambda r: CIFAR100(r, train=True, download=True))
+                         _fetch_archive(CIFAR100))
 
     def build() -> ImageData:
         train, test, meta = (_unpickle(f) for f in files)
