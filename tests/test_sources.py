@@ -272,3 +272,24 @@ def test_another_architecture_missing_unexpected_and_mismatched_keys(tmp_path):
     message = refused(file_source(tmp_path / "narrow.safetensors"), convnet(widths=[8, 24]), layers=3)
     assert message == (f"source.path: {tmp_path / 'narrow.safetensors'}: blocks.1.0.weight has shape (16, 8, 3, 3) "
                        "in the file, this network's blocks.1.0.weight has (24, 8, 3, 3)")
+
+
+class _RunsCode:
+    """A "checkpoint" that runs a command when unpickled (torch.save of a malicious object)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"blocks.0.0.weight": torch.zeros(8, 1, 3, 3), "hook": _RunsCode(marker)}, tmp_path / "evil.pth")
+    message = refused(file_source(tmp_path / "evil.pth"), convnet())
+    assert message.startswith(f"source.path: {tmp_path / 'evil.pth'}: holds pickled objects other than tensors "
+                              "(posix.system)"), message
+    assert "\n" not in message and not marker.exists()  # one line, and the command never ran

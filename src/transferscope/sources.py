@@ -93,7 +93,9 @@ def read_state_dict(path: str | Path, where: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch names the refused global one of two ways: "Unsupported global: GLOBAL argparse.Namespace", or
+        # for a module it blocks outright (os, posix, subprocess...) "unsupported GLOBAL posix.system whose module..."
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))
         if found is None:
             raise UserError(f"{where}: cannot read it as a PyTorch checkpoint (torch.load with weights_only: "
                             f"{_weights_only_reason(e)})") from None
