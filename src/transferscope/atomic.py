@@ -33,6 +33,9 @@ def atomic_write(path: Path, data: bytes | Callable[[Path], object]) -> None:
         if callable(data):
             os.close(fd)
             data(Path(tmp))
+            # the writer may have replaced the file with one of its own permissions (safetensors'
+            # save_file writes 0600): the umask's, as for any file written here
+            os.chmod(tmp, 0o666 & ~_umask())
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)
