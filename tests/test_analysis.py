@@ -572,22 +572,30 @@ def _cosine_record(key: str, curve: list[float]) -> RunRecord:
 
 
 def test_a_cosine_run_cut_short_is_flagged_though_its_end_is_flat() -> None:
-    # 20 epochs of cosine: the rate is above a tenth of its peak for the first 16 epochs (0-based
-    # epoch 15 runs at 0.103 of the peak); a curve still climbing 2 points per epoch there and flat
-    # only in the last 4 epochs, where the rate vanishes, was cut short
+    # 20 epochs of cosine: the rate is at least half its peak for the first 11 epochs (0-based epoch
+    # 10 runs at exactly half); a curve still climbing 2 points per epoch over the last half of those
+    # (epochs 5-10) and flat only at the end, where the rate vanishes, was cut short
     climbing = [0.30 + 0.02 * e for e in range(16)] + [0.61, 0.611, 0.611, 0.611]
-    plateaued = [min(0.9, 0.3 + 0.1 * e) for e in range(16)] + [0.9] * 4  # flat from epoch 7 on
+    plateaued = [min(0.9, 0.3 + 0.3 * e) for e in range(16)] + [0.9] * 4  # flat from epoch 2 on
     result = conv.check_convergence([_cosine_record("r0-baseA", climbing), _cosine_record("r0-baseB", plateaued)],
                                     epochs=20, val_images={(0, "B"): 2000})
     rows = result.networks.set_index("key")
     assert not rows.loc["r0-baseA", "rising_end"] and rows.loc["r0-baseA", "cut_short"]
-    assert rows.loc["r0-baseA", "still_improving"] and rows.loc["r0-baseA", "high_epochs"] == 16
+    assert rows.loc["r0-baseA", "still_improving"] and rows.loc["r0-baseA", "high_epochs"] == 11
     assert rows.loc["r0-baseA", "high_slope"] == pytest.approx(0.02)
+    assert rows.loc["r0-baseA", "high_rise"] == pytest.approx(0.02 * 5)  # over the last 6 of the 11 epochs
     assert not rows.loc["r0-baseB", "still_improving"] and not rows.loc["r0-baseB", "cut_short"]
     assert list(result.flagged["key"]) == ["r0-baseA"]
+    assert result.suggested_epochs == 40  # cut short, not rising at the end: twice the epochs
     # the same climb on a small validation set (20 images) is within the noise of one measurement
     small = conv.check_convergence([_cosine_record("r0-baseA", climbing)], epochs=20, val_images={(0, "B"): 20})
     assert not small.networks["cut_short"].iloc[0]
+    # and so it is where the curve jumps by more than its climb from one epoch to the next (a high
+    # rate's scatter: its successive changes alternate +0.12 / -0.08 around the +0.02 trend)
+    jumpy = [c + (0.05 if e % 2 else -0.05) for e, c in enumerate(climbing[:16])] + climbing[16:]
+    assert conv.scatter_floor(jumpy[:11]) == pytest.approx(2 * 1.4826 * 0.1 / math.sqrt(2))
+    assert not conv.check_convergence([_cosine_record("r0-baseA", jumpy)], epochs=20,
+                                      val_images={(0, "B"): 2000}).networks["cut_short"].iloc[0]
     # with a constant rate the two windows are one: no separate cut-short reading
     constant = RunRecord(key="r0-baseA", replicate=0, treatment="baseA", role="base", target="A", n=0, status="done",
                          history=tuple({"epoch": e + 1, "lr": 0.05, "val_top1": v} for e, v in enumerate(plateaued)))
@@ -1017,7 +1025,7 @@ def test_convergence_without_the_images_says_the_noise_floor_is_not_applied() ->
 
     class NoImages:  # what Study.open gives where the dataset is gone
         data, missing = None, "the dataset cannot be loaded here: data.root: folder not found: /gone"
-        config = type("C", (), {"train": type("T", (), {"epochs": 10, "schedule": "constant"})()})()
+        config = type("C", (), {"train": type("T", (), {"epochs": 10, "schedule": "constant", "budget": "fixed"})()})()
 
         def task(self, *args):
             raise AssertionError("the images are not there")

@@ -16,10 +16,11 @@ gain (AnB+ - base) is inflated the same way.
 
 A flat tail is necessary, not sufficient: a decaying schedule (cosine, step) flattens every
 curve at its end because the learning rate goes to zero, converged or not. So each curve is also
-read where the learning rate was still high: over the last ``k`` epochs (same rule for ``k``) at
-which the recorded learning rate was above a tenth of its peak (the first 80% of a cosine schedule,
-the epochs before the first drop of a step schedule dividing by 10). A network still rising there, beyond the same
-threshold and noise floor, was **cut short**: it was improving at a useful rate when the schedule
+read where the learning rate was still high: over the last half (at least 3) of the epochs at
+which the recorded learning rate was at least half its peak (the first half of a cosine schedule,
+the epochs before the first drop of a step or plateau schedule). A network still rising there, beyond the same
+threshold, beyond the noise of one measurement (the larger of the binomial floor and the
+curve's own epoch-to-epoch scatter there, which at a high rate is several points), was **cut short**: it was improving at a useful rate when the schedule
 began to lower the rate, and its flat end is the schedule's, not convergence; it counts as still
 improving. With a constant rate the two windows are the same. (A plateau-triggered schedule lowers
 the rate only after a plateau, so it passes this check by construction.)
@@ -49,9 +50,9 @@ from transferscope.treatments import treatment
 THRESHOLD = 0.002
 TAIL_FRACTION = 0.2
 MIN_TAIL = 3
-#: the learning rate, as a fraction of the run's peak, above which a curve is read for the
-#: cut-short check (cosine: the first 80% of the epochs; step with gamma 0.1: before the first drop)
-HIGH_RATE = 0.1
+#: the learning rate, as a fraction of the run's peak, at or above which a curve is read for the
+#: cut-short check (cosine: the first half of the epochs; step or plateau: before the first drop)
+HIGH_RATE = 0.5
 
 
 def tail_length(epochs: int) -> int:
@@ -59,11 +60,12 @@ def tail_length(epochs: int) -> int:
     return min(epochs, max(MIN_TAIL, math.ceil(TAIL_FRACTION * epochs)))
 
 
-def tail_slope(values: list[float] | np.ndarray) -> tuple[float, int]:
-    """Least-squares slope per epoch of the last k values, and k; NaN when fewer than 3 values."""
+def tail_slope(values: list[float] | np.ndarray, k: int | None = None) -> tuple[float, int]:
+    """Least-squares slope per epoch of the last k values (default :func:`tail_length`), and k;
+    NaN when fewer than 3 values."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
-    k = tail_length(len(v))
+    k = tail_length(len(v)) if k is None else min(k, len(v))
     if k < MIN_TAIL:
         return float("nan"), k
     y = v[-k:]
@@ -71,13 +73,13 @@ def tail_slope(values: list[float] | np.ndarray) -> tuple[float, int]:
 
 
 def high_rate_window(curve: list[float], lrs: list[float]) -> list[float]:
-    """The validation values of the epochs up to the last one whose learning rate was above
+    """The validation values of the epochs up to the last one whose learning rate was at least
     :data:`HIGH_RATE` of the run's peak (the whole curve where no rate was recorded or it never
     fell that low)."""
     rates = np.asarray(lrs, dtype=float)
     if len(rates) != len(curve) or not np.isfinite(rates).all() or not len(rates) or rates.max() <= 0:
         return list(curve)
-    high = np.flatnonzero(rates > HIGH_RATE * rates.max())
+    high = np.flatnonzero(rates >= HIGH_RATE * rates.max() * (1 - 1e-9))
     return list(curve[: int(high[-1]) + 1])
 
 
@@ -114,14 +116,17 @@ class Convergence:
 
     @property
     def suggested_epochs(self) -> int | None:
-        """A training budget for the whole study where a full-data base network is still improving
-        (at the end, or where its learning rate was high: the steeper of the two slopes)."""
+        """A training budget for the whole study where a full-data base network is still improving:
+        from the steepest slope at the end (:func:`suggest_epochs`), and at least twice the epochs
+        where one was cut short (a slope read mid-schedule says the schedule was short, not by how
+        much: ``train.budget = "plateau"`` finds it from the data)."""
         full = self.flagged.loc[self.flagged["target_size"].isna()]
         if full.empty:
             return None
-        steepest = float(np.nanmax(np.concatenate([full["slope"].to_numpy(float),
-                                                   full.loc[full["cut_short"], "high_slope"].to_numpy(float)])))
-        return suggest_epochs(self.epochs, steepest, self.threshold)
+        rising = full.loc[full["rising_end"], "slope"]
+        wanted = suggest_epochs(self.epochs, float(rising.max()), self.threshold) if len(rising) else self.epochs
+        twice = int(math.ceil(2 * self.epochs / 5 - 1e-9) * 5)
+        return max(wanted, twice) if full["cut_short"].any() else wanted
 
 
 def noise_floor(accuracy: float, images: int | None) -> float:
@@ -148,9 +153,10 @@ def check_convergence(records: list[RunRecord], epochs: int, threshold: float = 
         noise = noise_floor(final, (val_images or {}).get((rec.replicate, rec.target)))
         slope, k, rise, steep, rising = _tail(curve, threshold, noise)
         high = high_rate_window(curve, [float(h.get("lr", float("nan"))) for h in rec.history])
-        if len(high) < len(curve):  # the rate fell to a tenth of its peak: read the curve before that too
-            high_slope, _, high_rise, _, cut_short = _tail(high, threshold, noise_floor(
-                high[-1], (val_images or {}).get((rec.replicate, rec.target))))
+        if len(high) < len(curve):  # the rate fell below half its peak: read the curve before that too
+            high_noise = max(noise_floor(high[-1], (val_images or {}).get((rec.replicate, rec.target))),
+                             scatter_floor(high), 0.0)
+            high_slope, _, high_rise, _, cut_short = _tail(high, threshold, high_noise, k=high_tail_length(len(high)))
         else:
             high_slope, high_rise, cut_short = float("nan"), float("nan"), False
         rows.append((rec.key, rec.replicate, rec.target, float("nan") if size is None else float(size),
@@ -162,9 +168,30 @@ def check_convergence(records: list[RunRecord], epochs: int, threshold: float = 
     return Convergence(frame.sort_values("key", ignore_index=True), curves, threshold, epochs)
 
 
-def _tail(curve: list[float], threshold: float, noise: float) -> tuple[float, int, float, bool, bool]:
+def scatter_floor(curve: list[float]) -> float:
+    """Twice the curve's own noise of one measurement: the robust spread (1.4826 x the median
+    absolute deviation) of its epoch-to-epoch changes around their median, over sqrt 2 (a change is
+    the difference of two measurements). NaN with fewer than 3 changes."""
+    changes = np.diff(np.asarray(curve, dtype=float))
+    changes = changes[np.isfinite(changes)]
+    if len(changes) < 3:
+        return float("nan")
+    mad = float(np.median(np.abs(changes - np.median(changes))))
+    return 2.0 * 1.4826 * mad / math.sqrt(2.0)
+
+
+def high_tail_length(epochs: int) -> int:
+    """The epochs the cut-short reading fits: the last half of the high-rate window (at least 3).
+    Longer than the end's tail: at a high rate validation top-1 jumps by several points from one
+    epoch to the next (a 500-image CIFAR-10 validation set: -0.08 to +0.11 at lr 0.05), so a line
+    through 3 of them reads noise as a trend."""
+    return min(epochs, max(MIN_TAIL, math.ceil(epochs / 2)))
+
+
+def _tail(curve: list[float], threshold: float, noise: float,
+          k: int | None = None) -> tuple[float, int, float, bool, bool]:
     """(slope, k, rise over the tail, slope above the threshold, rising beyond the noise floor)."""
-    slope, k = tail_slope(curve)
+    slope, k = tail_slope(curve, k)
     rise = slope * (k - 1) if math.isfinite(slope) else float("nan")
     steep = bool(math.isfinite(slope) and slope > threshold)
     return slope, k, rise, steep, steep and not (math.isfinite(noise) and rise <= noise)

@@ -253,8 +253,8 @@ def reading(df: pd.DataFrame, convergence=None, comparison: Comparison | None = 
                      else "not checked against noise: the validation set sizes are not known here")
             short = int(full["cut_short"].sum()) if "cut_short" in full else 0
             how = (f"validation slope > {convergence.threshold} per epoch over the last epochs"
-                   + (f", or, for {short} of them, over the last epochs at which the learning rate was still above a "
-                      "tenth of its peak: cut short by the schedule" if short else "") + f", {noise}")
+                   + (f", or, for {short} of them, while the learning rate was still at least half "
+                      "its peak: cut short by the schedule" if short else "") + f", {noise}")
             out.append(f"**Training budget.** {flagged} of {len(full)} base networks {verb} still improving when "
                        f"training stopped ({how}): "
                        "the claims above about BnB, AnB and AnB+ against base may reflect a head start, not feature "

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import transferscope.analysis.convergence as conv
@@ -141,9 +140,10 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
              "standard error, 2 sqrt(p(1-p)/n_val)): then it is *rising within noise*.\n"]
     if schedule != "constant":
         lines.append(f"A flat end is necessary, not sufficient: the {schedule} schedule lowers the learning rate, which "
-                     "flattens every curve at its end, converged or not. So each curve is also fitted over the last k "
-                     f"epochs at which its learning rate was above {conv.HIGH_RATE:g} of its peak; still rising there (same threshold "
-                     "and noise floor), the network was **cut short**: it was improving at a useful rate when the "
+                     "flattens every curve at its end, converged or not. So each curve is also fitted over the last half "
+                     f"(at least 3) of the epochs at which its learning rate was at least {conv.HIGH_RATE:g} of its peak; still rising there (the same threshold, "
+                     "beyond the larger of the noise floor and the curve's own epoch-to-epoch scatter there), the "
+                     "network was **cut short**: it was improving at a useful rate when the "
                      "schedule began to lower the rate, and counts as still improving.\n")
     if val_images is None and c.assessable:
         lines.append("The validation set sizes are not known here (they are counted from the dataset, and "
@@ -190,9 +190,9 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
                          "and the fine-tuning gain (AnB+ - base) is inflated; the specificity and co-adaptation "
                          "estimates then mix feature generality with training time. "
                          f"Suggested budget: `train.epochs = {c.suggested_epochs}` (the larger of twice the current "
-                         f"{epochs} epochs and the epochs at which the steepest slope, "
-                         f"{_steepest(flagged):+.4f} per epoch, would fall to {c.threshold} if accuracy "
-                         "grew like log(epoch)).\n")
+                         f"{epochs} epochs and, where a network was still rising at the end, the epochs at which the "
+                         f"steepest slope would fall to {c.threshold} if accuracy grew like log(epoch)), or let the "
+                         "data find it: `train.budget = \"plateau\"` with `train.schedule = \"step\"`.\n")
         else:
             lines.append("No base network trained on all of its data was still improving at the end.\n")
     if study.config.train.budget == "plateau":
@@ -235,12 +235,6 @@ def _plateau_text(records: list[RunRecord], train) -> str:
             f"the plateau after {train.plateau_drops} drop(s) or at train.epochs = {train.epochs}; every other run on "
             "its task trained as many optimisation steps, its rate dropped at the same steps.\n\n"
             + markdown_table(["base network", "steps", "epochs", "rate divided from epoch", "stopped at"], rows))
-
-
-def _steepest(flagged: pd.DataFrame) -> float:
-    """The steepest slope that flagged a network: at its end, or while its rate was high where it was cut short."""
-    return float(np.nanmax(np.concatenate([flagged["slope"].to_numpy(float),
-                                           flagged.loc[flagged["cut_short"], "high_slope"].to_numpy(float)])))
 
 
 # ------------------------------------------------------------------------------------- CKA
