@@ -356,21 +356,24 @@ def test_fashion_mnist_missing_files_and_imagenet_download(tmp_path):
 
 
 def test_download_calls_torchvision_and_reports_its_failure(tmp_path, monkeypatch):
+    """The archive is fetched by torchvision's downloader with its checksum (not by constructing
+    torchvision's CIFAR10, whose reader unpickles the files unrestricted)."""
     import urllib.error
 
-    import torchvision.datasets
+    import torchvision.datasets.utils
+    from torchvision.datasets import CIFAR10
 
     calls = []
 
-    def offline(root, train=True, download=False):
-        calls.append((root, train, download))
+    def offline(url, root, filename=None, md5=None):
+        calls.append((url, root, filename, md5))
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
     with pytest.raises(UserError, match=r"data\.download: downloading cifar10 into .*dl failed \(URLError: .*Name or "
                                         r"service not known.*\); check the internet connection, or download https://"):
         load_dataset(cfg(tmp_path, dataset="cifar10", root=str(tmp_path / "dl"), download=True))
-    assert calls == [(str(tmp_path / "dl"), True, True)]
+    assert calls == [(CIFAR10.url, str(tmp_path / "dl"), "cifar-10-python.tar.gz", CIFAR10.tgz_md5)]
 
 
 def fake_imagenet(root: Path) -> None:

@@ -108,6 +108,9 @@ class RunRecord:
         out = asdict(self)
         if out["seeds"] is not None and out["seeds"]["data"] is None:
             del out["seeds"]["data"]  # only earlier versions' records have it
+        if out["budget"] is not None:  # what a plateau budget adds, only where there is one
+            out["budget"] = {k: v for k, v in out["budget"].items()
+                             if v is not None or k not in ("drops", "found_by", "stopped")}
         prov = out.pop("provenance") or {}
         finished = out.pop("finished_at")
         return json.dumps({**out, **prov, "finished_at": finished}, indent=1)
