@@ -37,7 +37,8 @@ def test_everything_written_follows_the_umask(tmp_path, umask) -> None:
     out, data_cache, images = tmp_path / "study", tmp_path / "data-cache", tmp_path / "images"
     _image_folder(images)
     config = load_config(None, [*TINY, "data.dataset=\"imagefolder\"", f"data.root=\"{images}\"",
-                                "treatments.cut_points=[1]", "execution.workers=2", f"data.cache_dir=\"{data_cache}\"",
+                                "treatments.cut_points=[1]", "execution.workers=1", f"data.cache_dir=\"{data_cache}\"",
+                                "report.analyses=[\"convergence\", \"filters\"]",
                                 f"execution.log={TRACKING!r}".replace("'", '"')])
     before = os.umask(umask)
     try:
