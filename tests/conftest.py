@@ -30,3 +30,16 @@ def build_network(study, spec, sources):
     from transferscope.runner import Runner
 
     return Runner(study, lambda key: sources[key].state_dict()).build_network(spec)
+
+
+class RunsCode:
+    """What a tampered file holds: unpickling it runs ``touch marker`` (os.system). Tests show that
+    transferscope refuses it and that the marker never appears."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)

@@ -30,6 +30,7 @@ from transferscope.data.semantic import (
 from transferscope.data.splits import split_classes
 from transferscope.data.tasks import make_task
 from transferscope.errors import UserError
+from conftest import RunsCode
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -893,16 +894,6 @@ def test_digits_honour_image_size():
 # ------------------------------------------------------------------------------------ untrusted files stay data
 
 
-class _RunsCode:
-    """What a tampered "CIFAR" batch file holds: unpickling it calls os.system."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_cifar_batch_file_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -911,7 +902,7 @@ def test_a_cifar_batch_file_that_would_run_code_is_refused_and_nothing_runs(tmp_
     for name in names:
         (folder / name).write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]},
                                                  protocol=2))  # as the real files are written
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"], "payload": _RunsCode(marker)}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"], "payload": RunsCode(marker)}))
     with pytest.raises(UserError) as e:
         load_dataset(cfg(tmp_path, dataset="cifar10", root=str(tmp_path)))
     assert str(e.value) == (f"data.root: {folder / 'batches.meta'} is not a plain CIFAR batch file: it asks to load "

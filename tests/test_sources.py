@@ -18,6 +18,7 @@ from transferscope.errors import UserError
 from transferscope.models.registry import create_model
 from transferscope.sources import SourceSpec, load_source_weights
 from transferscope.store import Store
+from conftest import RunsCode
 
 SMALL = {"widths": [8, 16], "fc": [16], "dropout": 0.5}
 SHAPE = (1, 8, 8)  # the default study's digits
@@ -274,21 +275,9 @@ def test_another_architecture_missing_unexpected_and_mismatched_keys(tmp_path):
                        "in the file, this network's blocks.1.0.weight has (24, 8, 3, 3)")
 
 
-class _RunsCode:
-    """A "checkpoint" that runs a command when unpickled (torch.save of a malicious object)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "ran"
-    torch.save({"blocks.0.0.weight": torch.zeros(8, 1, 3, 3), "hook": _RunsCode(marker)}, tmp_path / "evil.pth")
+    torch.save({"blocks.0.0.weight": torch.zeros(8, 1, 3, 3), "hook": RunsCode(marker)}, tmp_path / "evil.pth")
     message = refused(file_source(tmp_path / "evil.pth"), convnet())
     assert message.startswith(f"source.path: {tmp_path / 'evil.pth'}: holds pickled objects other than tensors "
                               "(posix.system)"), message
