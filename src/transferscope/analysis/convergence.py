@@ -18,11 +18,11 @@ A flat tail is necessary, not sufficient: a decaying schedule (cosine, step) fla
 curve at its end because the learning rate goes to zero, converged or not. So each curve is also
 read where the learning rate was still high: over the last half (at least 3) of the epochs at
 which the recorded learning rate was at least half its peak (the first half of a cosine schedule,
-the epochs before the first drop of a step or plateau schedule). A network still rising there, beyond the same
-threshold, beyond the noise of one measurement (the larger of the binomial floor and the
-curve's own epoch-to-epoch scatter there, which at a high rate is several points), was **cut short**: it was improving at a useful rate when the schedule
-began to lower the rate, and its flat end is the schedule's, not convergence; it counts as still
-improving. With a constant rate the two windows are the same. (A plateau-triggered schedule lowers
+the epochs before the first drop of a step or plateau schedule). A network still rising there,
+above the same threshold and beyond the noise of one measurement (the larger of the binomial
+floor and the curve's own epoch-to-epoch scatter there, which at a high rate is several points),
+was **cut short**: it was improving at a useful rate when the schedule began to lower the rate,
+and its flat end is the schedule's, not convergence; it counts as still improving. With a constant rate the two windows are the same. (A plateau-triggered schedule lowers
 the rate only after a plateau, so it passes this check by construction.)
 
 And the symptom is checked on the study's own numbers (:func:`head_start`): BnB - base at the
@@ -154,8 +154,8 @@ def check_convergence(records: list[RunRecord], epochs: int, threshold: float = 
         slope, k, rise, steep, rising = _tail(curve, threshold, noise)
         high = high_rate_window(curve, [float(h.get("lr", float("nan"))) for h in rec.history])
         if len(high) < len(curve):  # the rate fell below half its peak: read the curve before that too
-            high_noise = max(noise_floor(high[-1], (val_images or {}).get((rec.replicate, rec.target))),
-                             scatter_floor(high), 0.0)
+            floors = (noise_floor(high[-1], (val_images or {}).get((rec.replicate, rec.target))), scatter_floor(high))
+            high_noise = max((f for f in floors if math.isfinite(f)), default=float("nan"))  # NaN: none known
             high_slope, _, high_rise, _, cut_short = _tail(high, threshold, high_noise, k=high_tail_length(len(high)))
         else:
             high_slope, high_rise, cut_short = float("nan"), float("nan"), False
