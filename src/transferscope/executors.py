@@ -10,14 +10,16 @@ records (bit for bit on the CPU: each run draws its random streams from its own 
 the same thread count).
 
 A worker process that dies mid-job is replaced and its job retried (runs it already reported are
-not repeated: the driver skips them on resubmission).
+not repeated: the driver skips them on resubmission). Each worker sends its events down a pipe of
+its own: a worker killed in the middle of a message (or holding a lock, as a shared
+``multiprocessing.Queue`` would have it) breaks only its own channel, which is dropped with it.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
 import os
-import queue
 import signal
 import threading
 import time
@@ -140,8 +142,10 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(config_dict: dict, store_root: str, threads: int, jobs: mp.Queue, events: mp.Queue) -> None:
-    """A worker process: prepare the study once, then run the jobs it is sent."""
+def _worker_main(config_dict: dict, store_root: str, threads: int, jobs: mp.Queue,
+                 events: multiprocessing.connection.Connection) -> None:
+    """A worker process: prepare the study once, then run the jobs it is sent; every event goes
+    down its own pipe (``send`` returns once the event is in it: nothing is left in a buffer)."""
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver stops us
     torch.set_num_threads(threads)
@@ -151,8 +155,8 @@ def _worker_main(config_dict: dict, store_root: str, threads: int, jobs: mp.Queu
         job = jobs.get()
         if job is None:
             return
-        for event in job_events(runner, job, live=events.put):
-            events.put(event)
+        for event in job_events(runner, job, live=events.send):
+            events.send(event)
 
 
 class ProcessExecutor:
@@ -162,8 +166,8 @@ class ProcessExecutor:
         self.config, self.store_root, self.n = config, str(store_root), workers
         self.max_retries = max_retries
         self.ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        self.events_q: mp.Queue = self.ctx.Queue()
         self.workers: list[tuple[Any, mp.Queue]] = []
+        self.channels: list[multiprocessing.connection.Connection | None] = []  # each worker's events
         self.holding: dict[int, Job | None] = {}
         self.waiting: deque[Job] = deque()
         self.retries: dict[str, int] = {}
@@ -173,15 +177,19 @@ class ProcessExecutor:
 
     def _start_worker(self, slot: int | None = None) -> None:
         jobs: mp.Queue = self.ctx.Queue()
+        receive, send = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(target=_worker_main, daemon=True,
                                 args=(self.config.to_dict(), self.store_root, self.config.execution.threads,
-                                      jobs, self.events_q))
+                                      jobs, send))
         proc.start()
+        send.close()  # the worker holds the only writing end: its death is the pipe's end of file
         if slot is None:
             self.workers.append((proc, jobs))
+            self.channels.append(receive)
             self.holding[len(self.workers) - 1] = None
         else:
             self.workers[slot] = (proc, jobs)
+            self.channels[slot] = receive
             self.holding[slot] = None
 
     @property
@@ -205,8 +213,14 @@ class ProcessExecutor:
 
     def _check_workers(self) -> Iterator[Event]:
         for slot, (proc, _) in enumerate(self.workers):
-            if proc.is_alive():
+            if self.channels[slot] is not None and proc.is_alive():
                 continue
+            if self.channels[slot] is not None:
+                self.channels[slot].close()
+            proc.join(timeout=5)  # a worker whose pipe ended is exiting; one that does not is ended
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
             job = self.holding.get(slot)
             self._start_worker(slot)
             if job is not None:
@@ -222,21 +236,37 @@ class ProcessExecutor:
                     self.waiting.appendleft(rest)  # only the runs it had not reported
         self._dispatch()
 
+    def _receive(self) -> Iterator[Event]:
+        """The events waiting in the workers' pipes (waiting up to half a second for one). A pipe
+        at its end, or holding half a message, belongs to a dead worker: it is closed and marked,
+        and :meth:`_check_workers` replaces the worker."""
+        open_ = [c for c in self.channels if c is not None]
+        for conn in multiprocessing.connection.wait(open_, timeout=0.5):
+            slot = self.channels.index(conn)
+            try:
+                yield conn.recv()
+            except (EOFError, OSError):
+                conn.close()
+                self.channels[slot] = None
+
     def events(self) -> Iterator[Event]:
         while self.busy:
-            try:
-                event = self.events_q.get(timeout=0.5)
-            except queue.Empty:
+            received = False
+            for event in self._receive():
+                received = True
+                yield from self._handle(event)
+            if not received or None in self.channels:
                 yield from self._check_workers()
-                continue
-            if isinstance(event, Finished):
-                self.reported.setdefault(event.job_key, set()).add(event.result.record.key)
-            elif isinstance(event, JobDone):
-                for slot, job in self.holding.items():
-                    if job is not None and job.key == event.job_key:
-                        self.holding[slot] = None
-                self._dispatch()
-            yield event
+
+    def _handle(self, event: Event) -> Iterator[Event]:
+        if isinstance(event, Finished):
+            self.reported.setdefault(event.job_key, set()).add(event.result.record.key)
+        elif isinstance(event, JobDone):
+            for slot, job in self.holding.items():
+                if job is not None and job.key == event.job_key:
+                    self.holding[slot] = None
+            self._dispatch()
+        yield event
 
     def close(self, abort: bool = False) -> None:
         """Stop the workers: one still holding a job finishes it, unless ``abort``; an idle one
@@ -254,3 +284,6 @@ class ProcessExecutor:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
+        for conn in self.channels:
+            if conn is not None:
+                conn.close()
