@@ -208,13 +208,15 @@ class TrainConfig(_Section):
     step_epochs: int = Field(10, ge=1)
     step_gamma: float = Field(0.1, gt=0, le=1)
     #: "fixed": every run trains ``epochs`` epochs on its schedule. "plateau": each base network
-    #: trained on all its data divides its rate by ``step_gamma`` when its validation top-1 has not
-    #: improved by more than ``plateau_threshold`` for more than ``plateau_patience`` epochs, and stops
-    #: at the plateau after ``plateau_drops`` drops (or at ``epochs``, the maximum); every other run on
-    #: that task then trains as many optimisation steps as that base did, its rate dropped at the same
-    #: steps (the paper's schedule, with the drop points found instead of fixed). Needs ``schedule = "step"``.
+    #: trained on all its data divides its rate by ``step_gamma`` when the least-squares slope of its
+    #: validation top-1 per epoch, over the last ``plateau_window`` epochs and over the last half of
+    #: the epochs since the rate last changed, is at most ``plateau_threshold`` (train.Plateau), and
+    #: stops at the plateau after ``plateau_drops`` drops (or
+    #: at ``epochs``, the maximum); every other run on that task then trains as many optimisation
+    #: steps as that base did, its rate dropped at the same steps (the paper's schedule, with the
+    #: drop points found instead of fixed). Needs ``schedule = "step"``.
     budget: Literal["fixed", "plateau"] = "fixed"
-    plateau_patience: int = Field(3, ge=0)
+    plateau_window: int = Field(8, ge=2)
     plateau_threshold: float = Field(0.002, ge=0)
     plateau_drops: int = Field(2, ge=0)
     augment: bool = True

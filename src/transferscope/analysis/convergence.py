@@ -101,6 +101,8 @@ class Convergence:
     curves: dict[str, list[float]]
     threshold: float
     epochs: int
+    #: under ``train.budget = "plateau"``: its detector's window (the budget is found, not set)
+    plateau_window: int | None = None
 
     @property
     def flagged(self) -> pd.DataFrame:
@@ -129,6 +131,26 @@ class Convergence:
         return max(wanted, twice) if full["cut_short"].any() else wanted
 
 
+    @property
+    def advice(self) -> str | None:
+        """What to change, in words with the setting: more epochs for a fixed budget; for a budget
+        found on plateaus, a longer detector window (a base cut short dropped its rate while still
+        climbing) or, where one ran to the maximum, a higher ``train.epochs``."""
+        wanted = self.suggested_epochs
+        if wanted is None:
+            return None
+        if self.plateau_window is None:
+            return (f"`train.epochs = {wanted}` (the larger of twice the current {self.epochs} epochs and, where a "
+                    f"network was still rising at the end, the epochs at which the steepest slope would fall to "
+                    f"{self.threshold} if accuracy grew like log(epoch)), or let the data find it: "
+                    "`train.budget = \"plateau\"` with `train.schedule = \"step\"`")
+        full = self.flagged.loc[self.flagged["target_size"].isna()]
+        at_max = bool((full["epochs"] >= self.epochs).any())
+        return (f"a longer plateau window, `train.plateau_window = {2 * self.plateau_window}` (a rate dropped while "
+                "its curve still climbed beyond noise)" + (f", and a higher maximum than `train.epochs = {self.epochs}`, "
+                                                            "which a base network reached" if at_max else ""))
+
+
 def noise_floor(accuracy: float, images: int | None) -> float:
     """Twice the binomial standard error of an accuracy measured on ``images`` images (NaN if
     unknown); an accuracy of 0 or 1 counts as one image away from it."""
@@ -139,9 +161,11 @@ def noise_floor(accuracy: float, images: int | None) -> float:
 
 
 def check_convergence(records: list[RunRecord], epochs: int, threshold: float = THRESHOLD,
-                      val_images: dict[tuple[int, str], int] | None = None) -> Convergence:
+                      val_images: dict[tuple[int, str], int] | None = None,
+                      plateau_window: int | None = None) -> Convergence:
     """Check every finished base network's recorded validation curve. ``val_images``: the number
-    of validation images per (replicate, task), for the noise floor."""
+    of validation images per (replicate, task), for the noise floor; ``plateau_window``: the
+    detector's window where the budget was found on plateaus (``train.budget = "plateau"``)."""
     rows, curves = [], {}
     for rec in records:
         if not treatment(rec.role).is_base or rec.status != "done":
@@ -165,7 +189,7 @@ def check_convergence(records: list[RunRecord], epochs: int, threshold: float = 
     frame = pd.DataFrame(rows, columns=["key", "replicate", "target", "target_size", "epochs", "k", "slope", "rise",
                                         "noise", "final_val", "best_val", "high_epochs", "high_slope", "high_rise",
                                         "rising_end", "cut_short", "still_improving", "slope_above"])
-    return Convergence(frame.sort_values("key", ignore_index=True), curves, threshold, epochs)
+    return Convergence(frame.sort_values("key", ignore_index=True), curves, threshold, epochs, plateau_window)
 
 
 def scatter_floor(curve: list[float]) -> float:

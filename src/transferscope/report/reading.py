@@ -259,7 +259,7 @@ def reading(df: pd.DataFrame, convergence=None, comparison: Comparison | None = 
                        f"training stopped ({how}): "
                        "the claims above about BnB, AnB and AnB+ against base may reflect a head start, not feature "
                        "generality; "
-                       f"a budget of about {convergence.suggested_epochs} epochs is suggested.")
+                       f"suggested: {convergence.advice}.")
         else:
             which = "The one base network was not" if len(full) == 1 else f"None of the {len(full)} base networks was"
             out.append(f"**Training budget.** {which} still improving when training stopped "

@@ -126,7 +126,9 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
 
     epochs, schedule = study.config.train.epochs, study.config.train.schedule
     val_images = _val_images(study, records)
-    c = conv.check_convergence(records, epochs, val_images=val_images)
+    train = study.config.train
+    c = conv.check_convergence(records, epochs, val_images=val_images,
+                               plateau_window=train.plateau_window if train.budget == "plateau" else None)
     analysis.convergence = c
     analysis.tables["convergence"] = c.networks
     c.networks.to_csv(out / "convergence.csv", index=False)
@@ -189,10 +191,7 @@ def _convergence_section(records: list[RunRecord], study, done: pd.DataFrame, ou
                          "act as a head start rather than as features, so BnB and AnB can match or beat base at low n "
                          "and the fine-tuning gain (AnB+ - base) is inflated; the specificity and co-adaptation "
                          "estimates then mix feature generality with training time. "
-                         f"Suggested budget: `train.epochs = {c.suggested_epochs}` (the larger of twice the current "
-                         f"{epochs} epochs and, where a network was still rising at the end, the epochs at which the "
-                         f"steepest slope would fall to {c.threshold} if accuracy grew like log(epoch)), or let the "
-                         "data find it: `train.budget = \"plateau\"` with `train.schedule = \"step\"`.\n")
+                         f"Suggested: {c.advice}.\n")
         else:
             lines.append("No base network trained on all of its data was still improving at the end.\n")
     if study.config.train.budget == "plateau":
@@ -230,8 +229,9 @@ def _plateau_text(records: list[RunRecord], train) -> str:
         rows.append([r.key, str(r.budget.steps), str(r.budget.epochs), ", ".join(drops) or "none",
                      r.budget.stopped or MISSING])
     return ("**Budget found on validation plateaus** (`train.budget = \"plateau\"`): each base network trained on all "
-            f"its data divided its learning rate by {train.step_gamma:g} when its validation top-1 had not improved by "
-            f"more than {train.plateau_threshold:g} for more than {train.plateau_patience} epoch(s), and stopped at "
+            f"its data divided its learning rate by {train.step_gamma:g} when the least-squares slope of its validation "
+            f"top-1, over the last {train.plateau_window} epochs and over the last half of the epochs since the rate "
+            f"last changed, was at most {train.plateau_threshold:g} per epoch, and stopped at "
             f"the plateau after {train.plateau_drops} drop(s) or at train.epochs = {train.epochs}; every other run on "
             "its task trained as many optimisation steps, its rate dropped at the same steps.\n\n"
             + markdown_table(["base network", "steps", "epochs", "rate divided from epoch", "stopped at"], rows))
