@@ -711,7 +711,7 @@ def test_score_correlations_are_per_replicate() -> None:
             for n in (1, 2, 3, 4):
                 measured = 0.9 - 0.1 * n
                 rows.append({"replicate": r, "target": t, "n": n, "logme": sign * measured, "h_score": measured,
-                             "probe_top1": float(n == 2)})
+                             "probe_top1": float(n == 2), "short_top1": measured - 0.2})
                 runs.append({"replicate": r, "target": t, "n": n, "status": "done", "role": "transfer",
                              "test_top1": measured + (0.01 if t == "A" else 0.0), "target_size": np.nan})
     corr = score_correlations(pd.DataFrame(rows), pd.DataFrame(runs)).set_index("score")
@@ -720,6 +720,7 @@ def test_score_correlations_are_per_replicate() -> None:
     assert (logme_row["rho_low"], logme_row["rho_high"]) == (-1.0, 1.0)  # truncated: t(2) * 1.155 / sqrt(3)
     assert corr.loc["h_score", "rho"] == pytest.approx(1.0) and corr.loc["h_score", "rho_low"] == pytest.approx(1.0)
     assert corr.loc["h_score", "rho_means"] == pytest.approx(1.0) and corr.loc["h_score", "cut_points"] == 4
+    assert corr.loc["short_top1", "rho"] == pytest.approx(1.0)  # a rank correlation: the offset does not matter
 
 
 def test_compare_frames_welch_difference() -> None:
@@ -882,14 +883,50 @@ def test_estimate_scores_every_cut_point(tiny_study_dir, tiny_analysis) -> None:
     scores = tiny_analysis.tables["estimate"]
     assert len(scores) == 2 * 2 * 2  # replicates x targets x cut points
     assert set(scores["source"]) == {"A", "B"} and (scores["source"] != scores["target"]).all()
-    assert np.isfinite(scores[["logme", "h_score", "probe_top1"]].to_numpy()).all()
+    assert np.isfinite(scores[["logme", "h_score", "probe_top1", "short_top1"]].to_numpy()).all()
+    assert (scores["short_steps"] < scores["full_steps"]).all() and (scores["short_steps"] >= 1).all()
     corr = tiny_analysis.tables["estimate_correlations"]
-    assert set(corr["score"]) == {"logme", "h_score", "probe_top1"} and (corr["cut_points"] == 2).all()
+    assert set(corr["score"]) == {"logme", "h_score", "probe_top1", "short_top1"} and (corr["cut_points"] == 2).all()
     assert corr["rho"].isna().all()  # a rank correlation over 2 cut points per replicate is undefined
     again = estimate(tiny_study_dir, out=tiny_study_dir / "est.csv")  # the CLI's path: deterministic
-    pd.testing.assert_frame_equal(again.scores.drop(columns="seconds"), scores.drop(columns="seconds"))
+    timed = ["seconds", "short_seconds"]
+    pd.testing.assert_frame_equal(again.scores.drop(columns=timed), scores.drop(columns=timed))
     text = format_estimate(again)
-    assert "LogME" in text and "conv1" in text
+    assert "LogME" in text and "conv1" in text and "short AnB" in text
+
+
+def test_a_short_anb_at_its_full_budget_is_the_recorded_anb_run(tiny_study_dir) -> None:
+    """The short AnB trains the very network AnB trains (copied and frozen layers, initialisation,
+    data order, augmented feature views, schedule): at fraction 1 it gives the recorded run's
+    accuracies exactly (same kernels and thread count), and at a fraction fewer steps."""
+    from transferscope.analysis.estimate import torch_threads
+    from transferscope.analysis.short_transfer import anb_spec, short_transfer
+    from transferscope.runner import Runner
+    from transferscope.store import Store
+    from transferscope.study import Study
+
+    store = Store(tiny_study_dir)
+    study = Study.open(store)
+    records = {r.key: r for r in store.records()}
+    with torch_threads(study.config.execution.threads):
+        full = short_transfer(Runner(study, store.load_weights), 0, "B", (1, 2), records, fraction=1.0)
+        short = short_transfer(Runner(study, store.load_weights), 0, "B", (1, 2), records, fraction=0.5)
+    for run in full:
+        record = records[anb_spec(0, "B", run.n).key]
+        assert run.steps == run.full_steps == record.steps_run
+        assert (run.test_top1, run.val_top1) == (record.metrics["test_top1"], record.metrics["val_top1"])
+    assert [r.steps for r in short] == [round(r.full_steps * 0.5) for r in full]
+
+
+def test_a_short_budget_keeps_the_plateau_drops_at_the_same_fractions() -> None:
+    from transferscope.analysis.short_transfer import short_budget
+    from transferscope.train import Budget
+
+    b = short_budget(Budget(40, 400, "steps", (200, 300), "r0-baseB"), 0.1, images=640, batch_size=64)
+    assert (b.steps, b.epochs, b.drops) == (40, 4, (20, 30))
+    b = short_budget(Budget(12, 120, "epochs"), 0.08, images=640, batch_size=64)
+    assert (b.steps, b.epochs, b.drops) == (10, 1, None)
+    assert short_budget(Budget(2, 2, "epochs"), 0.08, images=10, batch_size=64).steps == 1  # at least one step
 
 
 def test_estimate_needs_base_weights(tmp_path) -> None:
@@ -1120,3 +1157,28 @@ def test_a_failed_analysis_is_one_line_with_its_traceback_in_errors_log(tiny_stu
     assert "second line of the message" in log
     assert "First-layer filters" not in [s.title for s in a.sections]
     assert "Freeze or fine-tune, by target size" in [s.title for s in a.sections]  # the others still run
+
+
+def test_estimate_says_where_a_score_was_weak_on_the_validation_sets(tmp_path, monkeypatch) -> None:
+    import json
+
+    import transferscope.report.tables as tables
+    from transferscope.analysis.estimate import SCORES, validation
+
+    def entry(name: str, rho: dict[str, float]) -> dict:
+        return {"name": name, "scores": {k: {"rho": v} for k, v in rho.items()}}
+
+    path = tmp_path / "validation.json"
+    path.write_text(json.dumps([entry("cifar10-convnet", {"logme": -0.31, "short_top1": 0.93, "h_score": 0.85}),
+                                entry("omniglot-convnet", {"logme": 0.95, "short_top1": 0.88})]))
+    found = {v.score: v for v in validation(path)}
+    assert set(found) == set(SCORES)
+    assert found["logme"].weak_on == ["cifar10-convnet"] and found["short_top1"].weak_on == []
+    assert found["h_score"].weak_on == ["omniglot-convnet"]  # not measured there: not trusted there
+    assert validation(tmp_path / "absent.json") == []
+    monkeypatch.setattr(tables, "validation", lambda: validation(path))
+    lines = tables.validation_lines()
+    logme = next(line for line in lines if line.strip().startswith("LogME"))
+    assert "cifar10-convnet -0.31" in logme and "weak on 1 of 2 sets: do not choose layers on it alone" in logme
+    short = next(line for line in lines if line.strip().startswith("short AnB"))
+    assert "tracked it on every validation set" in short

@@ -323,15 +323,19 @@ def estimate(
     directory: Annotated[Path, typer.Argument(help="A study's results directory with trained base networks.")],
     max_features: Annotated[int, typer.Option("--max-features", help="At most this many features per image; wider conv maps are average-pooled.")] = 2048,
     max_images: Annotated[int, typer.Option("--max-images", help="At most this many images per task part.")] = 5000,
+    short: Annotated[float, typer.Option("--short", min=0.0, max=1.0, help="The share of an AnB run's steps the short AnB trains (0: none).")] = 0.08,
 ) -> None:
     """Predict the transfer curve without training it: LogME, H-score and a linear probe of each
-    cut point of the base networks for the other task (needs only the base networks)."""
+    cut point of the base networks for the other task, and a short AnB (the AnB network trained for
+    a fraction of its steps); needs only the base networks. Prints how each score has tracked the
+    measured curve on the validation sets of docs/estimate.md."""
 
     from transferscope.analysis.estimate import estimate as estimate_curve
     from transferscope.report import format_estimate
 
     out = directory / "estimate.csv"
-    typer.echo(format_estimate(estimate_curve(directory, max_features=max_features, max_images=max_images, out=out)))
+    typer.echo(format_estimate(estimate_curve(directory, max_features=max_features, max_images=max_images,
+                                              short=short or None, out=out)))
     typer.echo(f"per network: {out}")
 
 

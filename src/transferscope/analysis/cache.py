@@ -41,8 +41,8 @@ FORMAT = 1
 
 @functools.cache
 def code_identity() -> str:
-    """transferscope's version and a digest of every source file of the package (computed once
-    per process)."""
+    """transferscope's version and a digest of every source file of the package, and of the data
+    files the report reads (the estimate's validation figures), computed once per process."""
     from importlib import metadata
 
     try:
@@ -51,7 +51,7 @@ def code_identity() -> str:
         version = "unknown"
     root = Path(__file__).resolve().parent.parent  # the transferscope package
     digest = hashlib.sha256(f"{version}/{FORMAT}".encode())
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.rglob("validation.json")]):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -10,9 +10,12 @@ pooling), see :func:`~transferscope.analysis.networks.reduce_features`. Three sc
 - LogME on T's training images (higher: the features explain the labels better),
 - H-score on T's training images (Ledoit-Wolf-shrunk covariance),
 - a ridge linear probe trained on T's training images, its ridge chosen on T's validation images,
-  scored as top-1 on T's test images.
+  scored as top-1 on T's test images,
+- a short AnB (:mod:`~transferscope.analysis.short_transfer`): the AnB network itself, trained for
+  a small fraction of its steps on the frozen features, scored as top-1 on T's test images.
 
-Only the base networks need to be trained, so this takes seconds to minutes. Where the study has
+Only the base networks need to be trained, so this takes seconds to minutes (the short AnB runs,
+which train, are timed: ``short_seconds``). Where the study has
 run, :func:`score_correlations` gives the Spearman rank correlation of each score with the measured
 AnB test top-1 across cut points, per replicate and summarised over replicates.
 """
@@ -20,27 +23,35 @@ AnB test top-1 across cut points, per replicate and summarised over replicates.
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats as sps
 
 from transferscope.analysis.networks import features_at, for_inference, load_network, part_images, weights_absence
+from transferscope.analysis.short_transfer import FRACTION as SHORT_FRACTION
+from transferscope.analysis.short_transfer import short_transfer
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
+from transferscope.runner import Runner
 from transferscope.stats import DIFFERENCE_BOUNDS, mean_ci
 from transferscope.store import Store
 from transferscope.study import Study
 from transferscope.treatments import base_key, other
 
 #: score column -> display name
-SCORES = {"logme": "LogME", "h_score": "H-score", "probe_top1": "linear probe (test top-1)"}
+SCORES = {"logme": "LogME", "h_score": "H-score", "probe_top1": "linear probe (test top-1)",
+          "short_top1": "short AnB (test top-1)"}
 COLUMNS = ["replicate", "target", "source", "n", "layer", "features", "train_images", "logme", "h_score",
-           "probe_top1", "probe_val_top1", "seconds"]
+           "probe_top1", "probe_val_top1", "seconds", "short_top1", "short_steps", "full_steps", "short_seconds"]
 
 
 @dataclass
@@ -52,6 +63,17 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
 
 
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _study(store: Store, study):
     if study is None:
 
@@ -60,16 +82,21 @@ def _study(store: Store, study):
 
 
 def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2048, max_images: int | None = 5000,
-             device: str = "cpu", out: str | Path | None = None,
+             device: str = "cpu", short: float | None = SHORT_FRACTION, out: str | Path | None = None,
              on_step: Callable[[int, int], None] | None = None) -> Estimate:
     """Score every cut point of a study whose base networks are trained (a study run with
     ``treatments.names = ["base"]`` is enough). ``max_images`` caps the images of each part (train,
-    validation, test) of each task (a seeded subset). With ``out``, the table is also written there
-    as CSV. ``on_step(done, total)`` is called after each (replicate, target)."""
+    validation, test) of each task (a seeded subset) for LogME, H-score and the probe. ``short``:
+    the share of an AnB run's steps its short run trains (None: no short runs); they run with the
+    study's ``execution.threads``, as its own runs did, so their seconds compare with the runs'.
+    With ``out``, the table is also written there as CSV. ``on_step(done, total)`` is called after
+    each (replicate, target)."""
     store = directory if isinstance(directory, Store) else Store(directory)
     study = _study(store, study)
     cuts = tuple(study.cut_points)
     frame = store.frame()
+    runner = Runner(study, store.load_weights) if short else None
+    records = {r.key: r for r in store.records()} if short else {}
     rows, notes, absent = [], [], {}
     for r in range(study.config.treatments.replicates):
         for target in study.config.treatments.targets:
@@ -87,14 +114,20 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
             for name in ("train", "val", "test"):
                 x, y = part_images(getattr(task, name), max_images, seed=r)
                 parts[name] = (features_at(net, x, task, cuts, max_features), y.numpy())
+            shorts = {}
+            if runner is not None:
+                with torch_threads(study.config.execution.threads):
+                    shorts = {s.n: s for s in short_transfer(runner, r, target, cuts, records, short)}
             for n in cuts:
                 start = time.perf_counter()
                 ftr, ytr = parts["train"][0][n], parts["train"][1]
                 probe = linear_probe((ftr, ytr), (parts["val"][0][n], parts["val"][1]),
                                      (parts["test"][0][n], parts["test"][1]))
+                s = shorts.get(n)
                 rows.append((r, target, source, n, net.block_names[n - 1], ftr.shape[1], ftr.shape[0],
                              logme(ftr, ytr), h_score(ftr, ytr), probe.top1, probe.val_top1,
-                             time.perf_counter() - start))
+                             time.perf_counter() - start,
+                             *((s.test_top1, s.steps, s.full_steps, s.seconds) if s else (math.nan,) * 4)))
             if on_step is not None:
                 on_step(r * len(study.config.treatments.targets) + study.config.treatments.targets.index(target) + 1,
                         study.config.treatments.replicates * len(study.config.treatments.targets))
@@ -119,6 +152,60 @@ def measured_transfer(frame: pd.DataFrame) -> pd.DataFrame:
         sel &= frame["target_size"].isna()
     runs = frame.loc[sel, ["replicate", "target", "n", "test_top1"]].rename(columns={"test_top1": "measured"})
     return runs.groupby(["replicate", "target", "n"], as_index=False)["measured"].mean()
+
+
+def short_cost(scores: pd.DataFrame, frame: pd.DataFrame) -> tuple[float, float]:
+    """Seconds of the short AnB runs, and the recorded wall time of the AnB runs they predict (the
+    same replicates, targets and cut points; both with the study's ``execution.threads``): NaN
+    where none of them is recorded."""
+    if "short_seconds" not in scores or scores["short_seconds"].isna().all() or frame.empty:
+        return math.nan, math.nan
+    sel = (frame["status"] == "done") & (frame["role"] == "transfer")
+    if "target_size" in frame:
+        sel &= frame["target_size"].isna()
+    runs = frame.loc[sel, ["replicate", "target", "n", "wall_time_s"]]
+    joined = scores.dropna(subset=["short_seconds"]).merge(runs, on=["replicate", "target", "n"], how="inner")
+    if joined.empty:
+        return math.nan, math.nan
+    return float(joined["short_seconds"].sum()), float(joined["wall_time_s"].sum())
+
+
+#: a score whose mean per-replicate rank correlation with measured AnB falls below this on a
+#: validation set, or in the study at hand, is called weak there (the target of issue 16)
+TRUSTED_RHO = 0.8
+
+
+@dataclass(frozen=True)
+class Validated:
+    """How one score fared on the validation sets (docs/estimate.md, benchmarks/estimate_validation.py):
+    per set, the mean over replicates of its rank correlation with measured AnB across cut points."""
+
+    score: str
+    label: str
+    rhos: dict[str, float]  # validation set -> mean rho over replicates
+
+    @property
+    def weak_on(self) -> list[str]:
+        """The sets where it tracked the measured curve weakly (or where it was undefined)."""
+        return [name for name, rho in self.rhos.items() if not rho >= TRUSTED_RHO]
+
+
+def validation(path: Path | None = None) -> list[Validated]:
+    """Each score's figures on the validation sets, as measured by
+    ``python -m benchmarks.estimate_validation --write`` (``path``, default the package's
+    analysis/validation.json; empty where absent)."""
+    if path is None:
+        from importlib.resources import files
+
+        path = files("transferscope.analysis") / "validation.json"  # type: ignore[assignment]
+    if not path.is_file():
+        return []
+    sets = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for score, label in SCORES.items():
+        rhos = {s["name"]: float(s["scores"][score]["rho"]) if score in s["scores"] else math.nan for s in sets}
+        out.append(Validated(score, label, rhos))
+    return out
 
 
 def score_correlations(scores: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:

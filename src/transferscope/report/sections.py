@@ -30,7 +30,15 @@ import pandas as pd
 import transferscope.analysis.convergence as conv
 import transferscope.analysis.recommend as rec
 from transferscope.analysis.cache import AnalysisCache, Entry, Inputs, snapshot, written_since
-from transferscope.analysis.estimate import SCORES, estimate, measured_transfer, score_correlations
+from transferscope.analysis.estimate import (
+    SCORES,
+    TRUSTED_RHO,
+    estimate,
+    measured_transfer,
+    score_correlations,
+    short_cost,
+    validation,
+)
 from transferscope.analysis.filters import study_filters
 from transferscope.analysis.networks import weights_absence
 from transferscope.analysis.similarity import base_curve, base_matrix, finetune_table, study_similarity
@@ -323,6 +331,8 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
     analysis.tables.update(estimate=scores, estimate_correlations=corr)
     analysis.figures.append(save(plot_estimates(scores, measured, SCORES, title), out / "estimate.png"))
     seconds = float(scores["seconds"].sum())
+    short_s, anb_s = short_cost(scores, frame)
+    fraction = scores["short_steps"] / scores["full_steps"]
     lines = [
         ("Scores of the frozen features an AnB network gets (layer n of the source base network, on the target "
          "task's images), computed from the base networks alone in "
@@ -332,16 +342,24 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
          f"layer's output flattened when it has at most {est.max_features} values per image, otherwise conv maps "
          "average-pooled to the largest square grid that fits (feature counts below). "
          "`transferscope estimate DIR` computes the same after training only the base networks.\n"),
-        ("![Measured AnB test top-1 and each score against the cut point (mean and 95% CI over replicates, each "
-         "the mean of its directions)](estimate.png)\n"),
     ]
+    if fraction.notna().any():
+        cost = (f"{short_s:.1f} s, {short_s / anb_s:.1%} of the {anb_s:.1f} s the AnB runs it predicts took"
+                if math.isfinite(anb_s) and anb_s > 0 else f"{scores['short_seconds'].sum():.1f} s")
+        lines.append("The short AnB trains the AnB network itself (layers 1..n copied and frozen, its own upper layers, "
+                     f"initialisation and data order) for {fraction.mean():.0%} of its optimisation steps, its schedule "
+                     f"compressed to the shorter run, on the frozen layers' outputs computed once: {cost} (wall time, "
+                     "the study's threads per run).\n")
+    lines.append("![Measured AnB test top-1 and each score against the cut point (mean and 95% CI over replicates, "
+                 "each the mean of its directions)](estimate.png)\n")
     agg = scores.groupby(["n", "layer"], as_index=False).agg(
         features=("features", "max"), logme=("logme", "mean"), h_score=("h_score", "mean"),
-        probe=("probe_top1", "mean"))
+        probe=("probe_top1", "mean"), short=("short_top1", "mean"))
     meas = measured.groupby("n")["measured"].mean() if not measured.empty else pd.Series(dtype=float)
     rows = [[f"{r.n} {r.layer}", str(r.features), number(r.logme, digits=4), number(r.h_score), number(r.probe),
-             number(meas[r.n]) if r.n in meas.index else MISSING] for r in agg.itertuples()]
-    lines.append(markdown_table(["n", "features", "LogME", "H-score", "probe top-1", "measured AnB top-1"], rows))
+             number(r.short), number(meas[r.n]) if r.n in meas.index else MISSING] for r in agg.itertuples()]
+    lines.append(markdown_table(["n", "features", "LogME", "H-score", "probe top-1", "short AnB top-1",
+                                 "measured AnB top-1"], rows))
     pairs = len(scores[list(PAIR)].drop_duplicates())
     planned = study.config.treatments.replicates * len(study.config.treatments.targets)
     lines.append(("Means over replicates and directions" if pairs == planned else
@@ -359,6 +377,16 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
                      "cut points.\n")
         lines.append(markdown_table(["score", "per replicate: mean rho [95% CI] (replicates)",
                              "per-n means: rho (p, cut points)"], crow))
+        weak = [r.label for r in corr.itertuples() if not r.rho >= TRUSTED_RHO]
+        if weak:
+            lines.append(f"Weak in this study (mean rho below {TRUSTED_RHO}, or undefined): {', '.join(weak)}. Their "
+                         "ranking of the cut points is not a reason to freeze or copy a layer here; the measured curve "
+                         "is.\n")
+        validated = [v for v in validation() if v.weak_on]
+        if validated:
+            lines.append("On the validation sets of docs/estimate.md, weak on some: " + "; ".join(
+                f"{v.label} on {', '.join(v.weak_on)}" for v in validated) + ". No recommendation in this report rests "
+                "on a score: they come from the measured runs.\n")
         if (points := int(corr["cut_points"].max())) < 5:
             lines.append(f"With {points} cut point{'s' if points != 1 else ''} a rank correlation of the means is "
                          + ("coarse (few possible values); read it as a sign, not a measurement.\n" if points >= 3

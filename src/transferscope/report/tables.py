@@ -20,7 +20,7 @@ from transferscope.stats import (
     summarize,
     width_note,
 )
-from transferscope.analysis.estimate import SCORES, Estimate
+from transferscope.analysis.estimate import SCORES, TRUSTED_RHO, Estimate, validation
 from transferscope.report.text import MISSING, ci_text, markdown_table, number
 
 SECTIONS = ("accuracy", "relative", "decomposition")
@@ -128,14 +128,32 @@ def format_estimate(result: Estimate) -> str:
     """The mean of each score per target and cut point, as aligned text (for the CLI)."""
     s = result.scores
     header = (f"{'target':<7}{'source':<7}{'n':>3}  {'layer':<10}{'features':>9}{'LogME':>10}{'H-score':>10}"
-              f"{'probe top-1':>13}")
+              f"{'probe top-1':>13}{'short AnB':>11}")
     lines = [header]
     agg = s.groupby(["target", "source", "n", "layer", "features"], as_index=False)[list(SCORES)].mean()
     for row in agg.itertuples():
         lines.append(f"{row.target:<7}{row.source:<7}{row.n:>3}  {row.layer:<10}{row.features:>9}"
-                     f"{number(row.logme, digits=4):>10}{number(row.h_score):>10}{number(row.probe_top1):>13}")
+                     f"{number(row.logme, digits=4):>10}{number(row.h_score):>10}{number(row.probe_top1):>13}"
+                     f"{number(row.short_top1):>11}")
     reps = s["replicate"].nunique()
     lines.append(f"means over {reps} replicate(s); features of layer n of the source base network on the target's "
                  f"images (at most {result.max_features} per image, wider conv maps average-pooled)")
     lines += [f"note: {n}" for n in result.notes]
+    lines += validation_lines()
     return "\n".join(lines)
+
+
+def validation_lines() -> list[str]:
+    """How each score has fared on the validation sets (docs/estimate.md), with a warning in
+    words for a score that tracked the measured curve weakly on any of them."""
+    validated = validation()
+    if not validated:
+        return []
+    lines = [f"how each score has tracked measured AnB elsewhere (mean over replicates of the rank correlation across "
+             f"cut points; weak: below {TRUSTED_RHO}; docs/estimate.md):"]
+    for v in validated:
+        figures = ", ".join(f"{name} {number(rho, sign=True, digits=2)}" for name, rho in v.rhos.items())
+        verdict = ("tracked it on every validation set" if not v.weak_on else
+                   f"weak on {len(v.weak_on)} of {len(v.rhos)} sets: do not choose layers on it alone")
+        lines.append(f"  {v.label}: {figures}; {verdict}")
+    return lines
