@@ -899,7 +899,7 @@ def test_a_short_anb_at_its_full_budget_is_the_recorded_anb_run(tiny_study_dir) 
     """The short AnB trains the very network AnB trains (copied and frozen layers, initialisation,
     data order, augmented feature views, schedule): at fraction 1 it gives the recorded run's
     accuracies exactly (same kernels and thread count), and at a fraction fewer steps."""
-    from transferscope.analysis.estimate import torch_threads
+    from transferscope.precision import torch_threads
     from transferscope.analysis.short_transfer import anb_spec, short_transfer
     from transferscope.runner import Runner
     from transferscope.store import Store

@@ -26,14 +26,12 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats as sps
 
 from transferscope.analysis.networks import features_at, for_inference, load_network, part_images, weights_absence
@@ -41,6 +39,7 @@ from transferscope.analysis.short_transfer import FRACTION as SHORT_FRACTION
 from transferscope.analysis.short_transfer import short_transfer
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
+from transferscope.precision import torch_threads
 from transferscope.runner import Runner
 from transferscope.stats import DIFFERENCE_BOUNDS, mean_ci
 from transferscope.store import Store
@@ -61,17 +60,6 @@ class Estimate:
     scores: pd.DataFrame
     max_features: int
     notes: list[str] = field(default_factory=list)
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """torch's intra-op thread count set to ``count`` for the block, then restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _study(store: Store, study):
