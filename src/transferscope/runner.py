@@ -110,10 +110,11 @@ class Runner:
                 self._adapted[key] = reestimate_bn(source, max(self.study.cut_points), images)
         return self._adapted[key]
 
-    def build_network(self, spec: RunSpec) -> CutNet:
-        """Fresh weights (the base networks' initialiser, drawn from the run's seed key), layers
-        1..n copied from the prefix network where the treatment has one, layers 1..frozen frozen."""
-        net = self.study.new_network(spec, spec.target, spec.seed_key)
+    def build_network(self, spec: RunSpec, seed_key: str | None = None) -> CutNet:
+        """Fresh weights (the base networks' initialiser, drawn from the run's seed key, or
+        ``seed_key``), layers 1..n copied from the prefix network where the treatment has one,
+        layers 1..frozen frozen."""
+        net = self.study.new_network(spec, spec.target, seed_key or spec.seed_key)
         if spec.copied:
             net = transplant(self.prefix_network(spec), net, spec.copied)
         net = freeze(net, spec.frozen, bn_affine=self.study.config.treatments.frozen_bn == "train-affine")

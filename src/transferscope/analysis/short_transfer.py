@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from transferscope.features import FeatureBank, plan_views
 from transferscope.record import RunRecord
 from transferscope.runner import Runner
-from transferscope.seeds import derive_seed
+from transferscope.seeds import TrainingSeeds, derive_seed
 from transferscope.train import Budget, steps_per_epoch, train_network
 from transferscope.treatments import RunSpec, _spec, base_key
 
@@ -35,6 +35,7 @@ FRACTION = 0.08
 @dataclass(frozen=True)
 class ShortRun:
     n: int
+    fraction: float  # the share of the AnB run's steps it was given
     test_top1: float
     val_top1: float
     steps: int  # optimisation steps taken (of ``full_steps``)
@@ -56,10 +57,16 @@ def anb_spec(replicate: int, target: str, n: int) -> RunSpec:
 
 
 def short_transfer(runner: Runner, replicate: int, target: str, cuts: tuple[int, ...],
-                   records: dict[str, RunRecord], fraction: float = FRACTION) -> list[ShortRun]:
-    """Short AnB runs of ``replicate`` on ``target`` at every cut point in ``cuts`` (the source
-    base network's weights are read through ``runner``). ``records``: the study's records by key,
-    for the budget a plateau-trained base network found (every run on its task follows it)."""
+                   records: dict[str, RunRecord], fractions: tuple[float, ...] = (FRACTION,),
+                   views: int | None = 1, salt: str | None = None) -> list[ShortRun]:
+    """Short AnB runs of ``replicate`` on ``target`` at every cut point in ``cuts`` and every share
+    of the AnB run's steps in ``fractions`` (the source base network's weights are read through
+    ``runner``; the frozen outputs are computed once for all of them). ``records``: the study's
+    records by key, for the budget a plateau-trained base network found (every run on its task
+    follows it). ``views``: augmented views of the training images in the cache (None: as the
+    study's own frozen runs, ``train.feature_views``). ``salt``: draw the initialisation and the
+    training streams from the run's seed key and ``salt`` (a re-run of the same network with other
+    seeds) instead of the AnB run's own."""
     study, cfg = runner.study, runner.study.config
     specs = [anb_spec(replicate, target, n) for n in sorted(cuts)]
     task = study.task(replicate, target)
@@ -72,27 +79,32 @@ def short_transfer(runner: Runner, replicate: int, target: str, cuts: tuple[int,
         if base is not None and follow is None:
             raise ValueError(f"{spec.key} follows the budget base network {base} found, which is not recorded")
         full[spec.n] = study.budget(spec, follow)
-    plan = {n: short_budget(b, fraction, len(task.train), cfg.train.batch_size) for n, b in full.items()}
+    plan = {(n, f): short_budget(b, f, len(task.train), cfg.train.batch_size) for n, b in full.items()
+            for f in fractions}
     epochs = max(b.epochs for b in plan.values())
-    views = plan_views(source, task, runner.numerics, tuple(plan), min(cfg.train.feature_views, epochs),
+    views = plan_views(source, task, runner.numerics, tuple(full), min(views or cfg.train.feature_views, epochs),
                        cfg.train.augment, cfg.train.feature_memory_gb * 2**30)
     if views == 0:
         raise ValueError(f"the frozen features of {base_key(replicate, target)}'s task do not fit in "
                          f"train.feature_memory_gb = {cfg.train.feature_memory_gb}")
     bank = FeatureBank(source, task, runner.numerics, views=views, augmented=cfg.train.augment, flip=study.flip,
-                       seed=derive_seed("views", cfg.seed, specs[0].source_net, target))
+                       seed=derive_seed("views", cfg.seed, specs[0].source_net, target, *(() if salt is None else (salt,))))
     shared = time.perf_counter() - start
     out = []
     for spec in specs:
         start = time.perf_counter()
         features = bank.at(spec.n)
-        net = runner.build_network(spec)
-        outcome = train_network(net, task, cfg.train, cfg.eval, copied=spec.copied,
-                                seeds=study.seeds(spec).training, flip=study.flip, numerics=runner.numerics,
-                                features=features, budget=plan[spec.n])
-        seconds = time.perf_counter() - start + shared / len(specs)
-        done = outcome.status == "done"
-        out.append(ShortRun(spec.n, outcome.metrics["test_top1"] if done else math.nan,
-                            outcome.metrics["val_top1"] if done else math.nan, outcome.steps, full[spec.n].steps,
-                            seconds))
+        at_n = time.perf_counter() - start
+        key = spec.seed_key if salt is None else f"{spec.seed_key}/{salt}"
+        for f in fractions:
+            start = time.perf_counter()
+            net = runner.build_network(spec, seed_key=key)
+            outcome = train_network(net, task, cfg.train, cfg.eval, copied=spec.copied,
+                                    seeds=TrainingSeeds.derive(cfg.seed, key), flip=study.flip,
+                                    numerics=runner.numerics, features=features, budget=plan[spec.n, f])
+            seconds = time.perf_counter() - start + (at_n + shared / len(specs)) / len(fractions)
+            done = outcome.status == "done"
+            out.append(ShortRun(spec.n, f, outcome.metrics["test_top1"] if done else math.nan,
+                                outcome.metrics["val_top1"] if done else math.nan, outcome.steps,
+                                full[spec.n].steps, seconds))
     return out
