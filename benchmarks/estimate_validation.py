@@ -109,29 +109,65 @@ def validate(vs: ValidationSet, work: Path) -> dict:
     cfg = load_config(REPO / vs.config if vs.config else None, overrides)
     out = work / vs.name
     threads = torch.get_num_threads()
+    before = len(Store(out).records()) if (out / "study.json").exists() else 0
     start = time.perf_counter()
     try:
         run_study(cfg, out, progress=False, report=False)
     finally:
         torch.set_num_threads(threads)
     study_s = time.perf_counter() - start
+    if len(Store(out).records()) == before:
+        study_s = 0.0  # nothing trained: the study was reused from the work folder
     start = time.perf_counter()
     est = estimate(Store(out))
     estimate_s = time.perf_counter() - start
     frame = Store(out).frame()
-    corr = score_correlations(est.scores, frame)
+    references = reference_scores(out, est.scores)
+    corr = score_correlations(references, frame, {**SCORES, **REFERENCES})
     short_s, anb_s = short_cost(est.scores, frame)
     base_s = float(frame.loc[frame["role"] == "base", "wall_time_s"].sum())
     log(f"{vs.name}: study {study_s:.0f} s, estimate {estimate_s:.0f} s")
     scores = {}
     for r in corr.itertuples():
-        scores[r.score] = {"label": SCORES[r.score], "rho": r.rho, "rho_low": r.rho_low, "rho_high": r.rho_high,
+        scores[r.score] = {"label": {**SCORES, **REFERENCES}[r.score], "rho": r.rho, "rho_low": r.rho_low, "rho_high": r.rho_high,
                            "replicates": int(r.replicates), "rho_means": r.rho_means, "p_means": r.p_means,
                            "cut_points": int(r.cut_points)}
     return {"name": vs.name, "description": vs.description,
             "command": command(vs), "scores": scores,
             "short_fraction": float((est.scores["short_steps"] / est.scores["full_steps"]).mean()),
-            "short_s": short_s, "anb_s": anb_s, "base_s": base_s, "study_s": study_s, "estimate_s": estimate_s}
+            "short_s": short_s, "anb_s": anb_s, "stitch_s": float(est.scores["stitch_seconds"].sum()),
+            "base_s": base_s, "study_s": study_s, "estimate_s": estimate_s}
+
+
+#: what a score has to beat, next to the scores: the measured curve measured again (the AnB runs
+#: re-run with other seeds: no score can track the curve better than the curve tracks itself), and
+#: the prior that needs no measurement at all (a deeper cut keeps less of the target's own training)
+REFERENCES = {"retest": "AnB re-run, other seeds (ceiling)", "depth": "-n (deeper cut, lower AnB)"}
+
+
+def reference_scores(out: Path, scores):
+    """``scores`` with the columns of :data:`REFERENCES`: every AnB run of the study re-run from
+    other seeds (initialisation, data order, augmented views; the same frozen layers and budget), its
+    test top-1; and -n."""
+    from transferscope.analysis.short_transfer import short_transfer
+    from transferscope.precision import torch_threads
+    from transferscope.runner import Runner
+    from transferscope.store import Store
+    from transferscope.study import Study
+
+    store = Store(out)
+    study = Study.open(store)
+    runner, records = Runner(study, store.load_weights), {r.key: r for r in store.records()}
+    again = {}
+    with torch_threads(study.config.execution.threads):
+        for r, target in scores[["replicate", "target"]].drop_duplicates().itertuples(index=False):
+            for run in short_transfer(runner, r, target, tuple(study.cut_points), records, (1.0,), views=None,
+                                      salt="retest"):
+                again[r, target, run.n] = run.test_top1
+    scores = scores.copy()
+    scores["retest"] = [again.get(k, math.nan) for k in zip(scores["replicate"], scores["target"], scores["n"])]
+    scores["depth"] = -scores["n"].astype(float)
+    return scores
 
 
 def command(vs: ValidationSet) -> str:
@@ -152,11 +188,13 @@ def table(results: list[dict]) -> str:
     rows = []
     for r in results:
         cost = f"{r['short_s'] / r['anb_s']:.1%}" if r["anb_s"] else "-"
+        stitch = f"{r['stitch_s'] / r['anb_s']:.1%}" if r["anb_s"] and "stitch_s" in r else "-"
         rows.append([r["name"], *(rho_text(r["scores"][k]) if k in r["scores"] else "-" for k in labels),
                      *(f"{r['scores'][k]['rho_means']:+.2f}" if k in r["scores"] and
-                       math.isfinite(r["scores"][k]["rho_means"]) else "-" for k in labels), cost])
+                       math.isfinite(r["scores"][k]["rho_means"]) else "-" for k in labels), cost, stitch])
     head = ["validation set", *(f"{v}: rho per replicate" for v in labels.values()),
-            *(f"{v}: rho of means" for v in labels.values()), "short AnB cost / AnB cost"]
+            *(f"{v}: rho of means" for v in labels.values()), "short AnB cost / AnB cost",
+            "stitched base cost / AnB cost"]
     return md_table(head, rows)
 
 

@@ -711,7 +711,8 @@ def test_score_correlations_are_per_replicate() -> None:
             for n in (1, 2, 3, 4):
                 measured = 0.9 - 0.1 * n
                 rows.append({"replicate": r, "target": t, "n": n, "logme": sign * measured, "h_score": measured,
-                             "probe_top1": float(n == 2), "short_top1": measured - 0.2})
+                             "probe_top1": float(n == 2), "stitch_top1": -measured,
+                             "short_top1": measured - 0.2})
                 runs.append({"replicate": r, "target": t, "n": n, "status": "done", "role": "transfer",
                              "test_top1": measured + (0.01 if t == "A" else 0.0), "target_size": np.nan})
     corr = score_correlations(pd.DataFrame(rows), pd.DataFrame(runs)).set_index("score")
@@ -721,6 +722,7 @@ def test_score_correlations_are_per_replicate() -> None:
     assert corr.loc["h_score", "rho"] == pytest.approx(1.0) and corr.loc["h_score", "rho_low"] == pytest.approx(1.0)
     assert corr.loc["h_score", "rho_means"] == pytest.approx(1.0) and corr.loc["h_score", "cut_points"] == 4
     assert corr.loc["short_top1", "rho"] == pytest.approx(1.0)  # a rank correlation: the offset does not matter
+    assert corr.loc["stitch_top1", "rho"] == pytest.approx(-1.0)
 
 
 def test_compare_frames_welch_difference() -> None:
@@ -883,13 +885,14 @@ def test_estimate_scores_every_cut_point(tiny_study_dir, tiny_analysis) -> None:
     scores = tiny_analysis.tables["estimate"]
     assert len(scores) == 2 * 2 * 2  # replicates x targets x cut points
     assert set(scores["source"]) == {"A", "B"} and (scores["source"] != scores["target"]).all()
-    assert np.isfinite(scores[["logme", "h_score", "probe_top1", "short_top1"]].to_numpy()).all()
+    assert np.isfinite(scores[["logme", "h_score", "probe_top1", "stitch_top1", "short_top1"]].to_numpy()).all()
+    assert scores["stitch_top1"].between(0, 1).all() and (scores["stitch_seconds"] > 0).all()
     assert (scores["short_steps"] < scores["full_steps"]).all() and (scores["short_steps"] >= 1).all()
     corr = tiny_analysis.tables["estimate_correlations"]
-    assert set(corr["score"]) == {"logme", "h_score", "probe_top1", "short_top1"} and (corr["cut_points"] == 2).all()
+    assert set(corr["score"]) == {"logme", "h_score", "probe_top1", "stitch_top1", "short_top1"} and (corr["cut_points"] == 2).all()
     assert corr["rho"].isna().all()  # a rank correlation over 2 cut points per replicate is undefined
     again = estimate(tiny_study_dir, out=tiny_study_dir / "est.csv")  # the CLI's path: deterministic
-    timed = ["seconds", "short_seconds"]
+    timed = ["seconds", "stitch_seconds", "short_seconds"]
     pd.testing.assert_frame_equal(again.scores.drop(columns=timed), scores.drop(columns=timed))
     text = format_estimate(again)
     assert "LogME" in text and "conv1" in text and "short AnB" in text
@@ -897,8 +900,9 @@ def test_estimate_scores_every_cut_point(tiny_study_dir, tiny_analysis) -> None:
 
 def test_a_short_anb_at_its_full_budget_is_the_recorded_anb_run(tiny_study_dir) -> None:
     """The short AnB trains the very network AnB trains (copied and frozen layers, initialisation,
-    data order, augmented feature views, schedule): at fraction 1 it gives the recorded run's
-    accuracies exactly (same kernels and thread count), and at a fraction fewer steps."""
+    data order, augmented feature views, schedule): at fraction 1 with the study's views it gives
+    the recorded run's accuracies exactly (same kernels and thread count), at a fraction fewer
+    steps, and with a salt the same network from other seeds (a re-run, not the record)."""
     from transferscope.precision import torch_threads
     from transferscope.analysis.short_transfer import anb_spec, short_transfer
     from transferscope.runner import Runner
@@ -908,14 +912,62 @@ def test_a_short_anb_at_its_full_budget_is_the_recorded_anb_run(tiny_study_dir) 
     store = Store(tiny_study_dir)
     study = Study.open(store)
     records = {r.key: r for r in store.records()}
+    runner = Runner(study, store.load_weights)
     with torch_threads(study.config.execution.threads):
-        full = short_transfer(Runner(study, store.load_weights), 0, "B", (1, 2), records, fraction=1.0)
-        short = short_transfer(Runner(study, store.load_weights), 0, "B", (1, 2), records, fraction=0.5)
+        runs = short_transfer(runner, 0, "B", (1, 2), records, fractions=(1.0, 0.5), views=None)
+        again = short_transfer(runner, 0, "B", (1, 2), records, fractions=(1.0,), views=None, salt="retest")
+    full = [r for r in runs if r.fraction == 1.0]
+    assert [r.n for r in full] == [1, 2]
     for run in full:
         record = records[anb_spec(0, "B", run.n).key]
         assert run.steps == run.full_steps == record.steps_run
         assert (run.test_top1, run.val_top1) == (record.metrics["test_top1"], record.metrics["val_top1"])
-    assert [r.steps for r in short] == [round(r.full_steps * 0.5) for r in full]
+    assert [r.steps for r in runs if r.fraction == 0.5] == [round(r.full_steps * 0.5) for r in full]
+    assert [r.steps for r in again] == [r.steps for r in full]
+    assert [(r.test_top1, r.val_top1) for r in again] != [(r.test_top1, r.val_top1) for r in full]
+
+
+def test_a_stitch_recovers_an_affine_map_of_channels() -> None:
+    """Conv maps whose channels are an exact affine map of another's: the fitted 1x1 stitch gives
+    them back (a ridge of 1e-10 of the Gram matrix's scale changes them by far less than the 1e-4
+    allowed), whatever the batches the rows came in; a ReLU'd target is clipped at 0."""
+    from transferscope.analysis.stitching import Stitch
+
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(12, 5, 4, 3, generator=g)
+    a, b = torch.randn(5, 7, generator=g), torch.randn(7, generator=g)
+    target = (source.permute(0, 2, 3, 1) @ a + b).permute(0, 3, 1, 2)
+    stitch = Stitch(ridge=1e-10)
+    from transferscope.analysis.stitching import rows
+    for i in range(0, 12, 5):  # three batches of rows
+        stitch.add(rows(source[i : i + 5]), rows(target[i : i + 5]))
+    assert not stitch.nonnegative
+    torch.testing.assert_close(stitch.fit()(source), target, rtol=1e-4, atol=1e-4)
+    relu = Stitch(ridge=1e-10)
+    relu.add(rows(source), rows(target.clamp_min(0)))
+    assert relu.nonnegative and (relu.fit()(source) >= 0).all()
+
+
+def test_a_network_stitched_to_itself_scores_its_own_accuracy(tiny_study_dir) -> None:
+    """Layer n of baseB mapped into baseB is the identity map: at every cut point the stitched top-1
+    is baseB's own test top-1 (a ridge of 1e-10 may move a logit by ~1e-6, so an image whose two
+    best logits tie to that precision may flip: at most one image of difference is allowed)."""
+    from transferscope.analysis.networks import for_inference, layer_outputs, load_network, part_images
+    from transferscope.analysis.stitching import stitch_scores
+    from transferscope.store import Store
+    from transferscope.study import Study
+
+    store = Store(tiny_study_dir)
+    study = Study.open(store)
+    net = for_inference(load_network(store, study, "r0-baseB", 0, "B"))
+    task = study.task(0, "B")
+    (xtr, _), (xte, yte) = part_images(task.train), part_images(task.test)
+    own = torch.cat([outs[-1] for outs in layer_outputs(net, xte, task)]).argmax(1)
+    accuracy = float((own == yte).float().mean())
+    scores = stitch_scores(net, net, task, xtr, xte, yte, tuple(study.cut_points), ridge=1e-10)
+    assert set(scores) == set(study.cut_points)
+    for n, top1 in scores.items():
+        assert abs(top1 - accuracy) <= 1 / len(yte) + 1e-12, (n, top1, accuracy)
 
 
 def test_a_short_budget_keeps_the_plateau_drops_at_the_same_fractions() -> None:

@@ -326,8 +326,9 @@ def estimate(
     short: Annotated[float, typer.Option("--short", min=0.0, max=1.0, help="The share of an AnB run's steps the short AnB trains (0: none).")] = 0.08,
 ) -> None:
     """Predict the transfer curve without training it: LogME, H-score and a linear probe of each
-    cut point of the base networks for the other task, and a short AnB (the AnB network trained for
-    a fraction of its steps); needs only the base networks. Prints how each score has tracked the
+    cut point of the base networks for the other task, a stitched base (layer n mapped linearly into
+    the target's own base network) and a short AnB (the AnB network trained for a fraction of its
+    steps); needs only the base networks. Prints how each score has tracked the
     measured curve on the validation sets of docs/estimate.md."""
 
     from transferscope.analysis.estimate import estimate as estimate_curve

@@ -5,12 +5,15 @@ For target task T, source S (the other task) and cut point n, the features are t
 layer n of baseS on T's images (normalised with T's statistics, as an SnT run sees them, without
 augmentation). They are flattened where a layer has at most ``max_features`` values per image;
 wider conv maps are average-pooled to the largest square grid that fits (down to global average
-pooling), see :func:`~transferscope.analysis.networks.reduce_features`. Three scores:
+pooling), see :func:`~transferscope.analysis.networks.reduce_features`. The scores:
 
 - LogME on T's training images (higher: the features explain the labels better),
 - H-score on T's training images (Ledoit-Wolf-shrunk covariance),
 - a ridge linear probe trained on T's training images, its ridge chosen on T's validation images,
   scored as top-1 on T's test images,
+- a stitched base (:mod:`~transferscope.analysis.stitching`): layer n of baseS mapped linearly
+  into baseT (ridge, fitted on T's training images) and baseT's own upper layers on top, scored as
+  top-1 on T's test images (needs baseT's weights too),
 - a short AnB (:mod:`~transferscope.analysis.short_transfer`): the AnB network itself, trained for
   a small fraction of its steps on the frozen features, scored as top-1 on T's test images.
 
@@ -37,6 +40,7 @@ from scipy import stats as sps
 from transferscope.analysis.networks import features_at, for_inference, load_network, part_images, weights_absence
 from transferscope.analysis.short_transfer import FRACTION as SHORT_FRACTION
 from transferscope.analysis.short_transfer import short_transfer
+from transferscope.analysis.stitching import stitch_scores
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
 from transferscope.precision import torch_threads
@@ -46,11 +50,16 @@ from transferscope.store import Store
 from transferscope.study import Study
 from transferscope.treatments import base_key, other
 
+#: test images the stitched base is scored on, at most (a seeded subset: its binomial standard
+#: error at 2500 images is at most 1 point, and the top of each cut point runs on every one)
+STITCH_TEST_IMAGES = 2500
+
 #: score column -> display name
 SCORES = {"logme": "LogME", "h_score": "H-score", "probe_top1": "linear probe (test top-1)",
-          "short_top1": "short AnB (test top-1)"}
+          "stitch_top1": "stitched base (test top-1)", "short_top1": "short AnB (test top-1)"}
 COLUMNS = ["replicate", "target", "source", "n", "layer", "features", "train_images", "logme", "h_score",
-           "probe_top1", "probe_val_top1", "seconds", "short_top1", "short_steps", "full_steps", "short_seconds"]
+           "probe_top1", "probe_val_top1", "seconds", "stitch_top1", "stitch_seconds", "short_top1", "short_steps",
+           "full_steps", "short_seconds"]
 
 
 @dataclass
@@ -98,14 +107,22 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
             study.images()  # a clear error where the study has no images
             net = for_inference(load_network(store, study, key, r, source, device))
             task = study.task(r, target)
-            parts = {}
+            parts, images = {}, {}
             for name in ("train", "val", "test"):
-                x, y = part_images(getattr(task, name), max_images, seed=r)
+                x, y = images[name] = part_images(getattr(task, name), max_images, seed=r)
                 parts[name] = (features_at(net, x, task, cuts, max_features), y.numpy())
+            stitched, stitch_s = dict.fromkeys(cuts, math.nan), math.nan
+            if not weights_absence(store, frame, base_key(r, target)):
+                start = time.perf_counter()
+                own = for_inference(load_network(store, study, base_key(r, target), r, target, device))
+                with torch_threads(study.config.execution.threads):  # as the AnB runs it predicts
+                    test_x, test_y = part_images(task.test, STITCH_TEST_IMAGES, seed=r)
+                    stitched = stitch_scores(net, own, task, images["train"][0], test_x, test_y, cuts, seed=r)
+                stitch_s = (time.perf_counter() - start) / len(cuts)
             shorts = {}
             if runner is not None:
                 with torch_threads(study.config.execution.threads):
-                    shorts = {s.n: s for s in short_transfer(runner, r, target, cuts, records, short)}
+                    shorts = {s.n: s for s in short_transfer(runner, r, target, cuts, records, (short,))}
             for n in cuts:
                 start = time.perf_counter()
                 ftr, ytr = parts["train"][0][n], parts["train"][1]
@@ -114,7 +131,7 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
                 s = shorts.get(n)
                 rows.append((r, target, source, n, net.block_names[n - 1], ftr.shape[1], ftr.shape[0],
                              logme(ftr, ytr), h_score(ftr, ytr), probe.top1, probe.val_top1,
-                             time.perf_counter() - start,
+                             time.perf_counter() - start, stitched[n], stitch_s,
                              *((s.test_top1, s.steps, s.full_steps, s.seconds) if s else (math.nan,) * 4)))
             if on_step is not None:
                 on_step(r * len(study.config.treatments.targets) + study.config.treatments.targets.index(target) + 1,
@@ -196,8 +213,9 @@ def validation(path: Path | None = None) -> list[Validated]:
     return out
 
 
-def score_correlations(scores: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
-    """Spearman rank correlation of each score with the measured AnB top-1 across cut points.
+def score_correlations(scores: pd.DataFrame, frame: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Spearman rank correlation of each score (``labels``: column -> name, default :data:`SCORES`)
+    with the measured AnB top-1 across cut points.
 
     ``rho``: within each replicate, over its cut points (score and measured accuracy each averaged
     over the replicate's two directions, which share its base networks), then the mean over
@@ -206,9 +224,10 @@ def score_correlations(scores: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFram
     each n (the shape of the curve), with an exact permutation p-value. NaN where fewer than 3 cut
     points or a constant series."""
     joined = scores.merge(measured_transfer(frame), on=["replicate", "target", "n"], how="inner")
-    per_rep = joined.groupby(["replicate", "n"], as_index=False)[[*SCORES, "measured"]].mean()
+    labels = SCORES if labels is None else labels
+    per_rep = joined.groupby(["replicate", "n"], as_index=False)[[*labels, "measured"]].mean()
     rows = []
-    for col, label in SCORES.items():
+    for col, label in labels.items():
         rhos = [_spearman(g[col], g["measured"])[0] for _, g in per_rep.groupby("replicate")]
         means = per_rep.groupby("n")[[col, "measured"]].mean()
         rows.append((col, label, *mean_ci(rhos, bounds=DIFFERENCE_BOUNDS), *_spearman(means[col], means["measured"]),

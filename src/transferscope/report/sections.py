@@ -343,6 +343,11 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
          "average-pooled to the largest square grid that fits (feature counts below). "
          "`transferscope estimate DIR` computes the same after training only the base networks.\n"),
     ]
+    if scores["stitch_top1"].notna().any():
+        lines.append("The stitched base maps layer n of the source base network linearly into the target's own base "
+                     "network (a 1x1 map of channels on conv maps, ridge regression on the training images) and runs "
+                     "the target base network's layers n+1..L on it: its test top-1 estimates the AnB accuracy "
+                     f"itself (Lenc & Vedaldi 2015), in {scores['stitch_seconds'].sum():.1f} s.\n")
     if fraction.notna().any():
         cost = (f"{short_s:.1f} s, {short_s / anb_s:.1%} of the {anb_s:.1f} s the AnB runs it predicts took"
                 if math.isfinite(anb_s) and anb_s > 0 else f"{scores['short_seconds'].sum():.1f} s")
@@ -354,11 +359,12 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
                  "each the mean of its directions)](estimate.png)\n")
     agg = scores.groupby(["n", "layer"], as_index=False).agg(
         features=("features", "max"), logme=("logme", "mean"), h_score=("h_score", "mean"),
-        probe=("probe_top1", "mean"), short=("short_top1", "mean"))
+        probe=("probe_top1", "mean"), stitch=("stitch_top1", "mean"), short=("short_top1", "mean"))
     meas = measured.groupby("n")["measured"].mean() if not measured.empty else pd.Series(dtype=float)
     rows = [[f"{r.n} {r.layer}", str(r.features), number(r.logme, digits=4), number(r.h_score), number(r.probe),
-             number(r.short), number(meas[r.n]) if r.n in meas.index else MISSING] for r in agg.itertuples()]
-    lines.append(markdown_table(["n", "features", "LogME", "H-score", "probe top-1", "short AnB top-1",
+             number(r.stitch), number(r.short), number(meas[r.n]) if r.n in meas.index else MISSING]
+            for r in agg.itertuples()]
+    lines.append(markdown_table(["n", "features", "LogME", "H-score", "probe top-1", "stitched top-1", "short AnB top-1",
                                  "measured AnB top-1"], rows))
     pairs = len(scores[list(PAIR)].drop_duplicates())
     planned = study.config.treatments.replicates * len(study.config.treatments.targets)

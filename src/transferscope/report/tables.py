@@ -128,13 +128,13 @@ def format_estimate(result: Estimate) -> str:
     """The mean of each score per target and cut point, as aligned text (for the CLI)."""
     s = result.scores
     header = (f"{'target':<7}{'source':<7}{'n':>3}  {'layer':<10}{'features':>9}{'LogME':>10}{'H-score':>10}"
-              f"{'probe top-1':>13}{'short AnB':>11}")
+              f"{'probe top-1':>13}{'stitched':>10}{'short AnB':>11}")
     lines = [header]
     agg = s.groupby(["target", "source", "n", "layer", "features"], as_index=False)[list(SCORES)].mean()
     for row in agg.itertuples():
         lines.append(f"{row.target:<7}{row.source:<7}{row.n:>3}  {row.layer:<10}{row.features:>9}"
                      f"{number(row.logme, digits=4):>10}{number(row.h_score):>10}{number(row.probe_top1):>13}"
-                     f"{number(row.short_top1):>11}")
+                     f"{number(row.stitch_top1):>10}{number(row.short_top1):>11}")
     reps = s["replicate"].nunique()
     lines.append(f"means over {reps} replicate(s); features of layer n of the source base network on the target's "
                  f"images (at most {result.max_features} per image, wider conv maps average-pooled)")
