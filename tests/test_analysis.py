@@ -931,14 +931,13 @@ def test_a_stitch_recovers_an_affine_map_of_channels() -> None:
     """Conv maps whose channels are an exact affine map of another's: the fitted 1x1 stitch gives
     them back (a ridge of 1e-10 of the Gram matrix's scale changes them by far less than the 1e-4
     allowed), whatever the batches the rows came in; a ReLU'd target is clipped at 0."""
-    from transferscope.analysis.stitching import Stitch
+    from transferscope.analysis.stitching import Stitch, rows
 
     g = torch.Generator().manual_seed(0)
     source = torch.randn(12, 5, 4, 3, generator=g)
     a, b = torch.randn(5, 7, generator=g), torch.randn(7, generator=g)
     target = (source.permute(0, 2, 3, 1) @ a + b).permute(0, 3, 1, 2)
     stitch = Stitch(ridge=1e-10)
-    from transferscope.analysis.stitching import rows
     for i in range(0, 12, 5):  # three batches of rows
         stitch.add(rows(source[i : i + 5]), rows(target[i : i + 5]))
     assert not stitch.nonnegative
