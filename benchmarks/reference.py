@@ -228,7 +228,7 @@ def run_reference(config, *, recipe: Recipe | None = None, widths=(32, 64, 128),
                         net[i].load_state_dict(copy.deepcopy(donor[i].state_dict()))
                     frozen = 0 if name.endswith("+") else n
                     record(treatment, role, target, n, net, frozen, t0)
-        del loaders
+        loaders.clear()  # the replicate's persistent loader workers end here
     return {"runs": runs, "wall_time_s": time.perf_counter() - start, "threads": torch.get_num_threads(), **clock,
             "loader_workers": r.loader_workers}
 
