@@ -334,7 +334,7 @@ class RunSpec:
         twin = self.kind.seeds_from
         if twin is None:
             return self.key
-        return _spec(self.replicate, twin, self.target, self.n, self.size).key
+        return run_spec(self.replicate, twin, self.target, self.n, self.size).key
 
     @property
     def task_key(self) -> tuple[int, str, float | int | None]:
@@ -395,7 +395,9 @@ def base_key(replicate: int, task: str) -> str:
     return f"r{replicate}-base{task}"
 
 
-def _spec(replicate: int, name: str, target: str, n: int, size: float | int | None = None) -> RunSpec:
+def run_spec(replicate: int, name: str, target: str, n: int, size: float | int | None = None) -> RunSpec:
+    """The run of treatment ``name`` (a row of the treatment table) in ``replicate`` on ``target`` at cut
+    point n, at target size ``size`` (None: all of the target's training images)."""
     t = BY_NAME[name]
     suffix = f"-s{size_key(size)}" if size is not None else ""
     treatment = t.run_name(target)
@@ -416,7 +418,7 @@ def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec
     for r in range(t.replicates):
         for n in cut_points:
             for target in t.targets:
-                plan += [_spec(r, name, target, n) for name in t.names if not BY_NAME[name].is_base]
+                plan += [run_spec(r, name, target, n) for name in t.names if not BY_NAME[name].is_base]
     # freeze or fine-tune, by target size: the transfer treatments again on less target data,
     # beside a base network trained from scratch on that same data
     for size in t.target_sizes:
@@ -424,6 +426,6 @@ def build_plan(config: StudyConfig, cut_points: tuple[int, ...]) -> list[RunSpec
             for target in t.targets:
                 plan.append(RunSpec(f"{base_key(r, target)}-s{size_key(size)}", r, BASE.run_name(target), BASE.role,
                                     target, None, 0, size))
-                plan += [_spec(r, x.name, target, n, size) for n in cut_points for x in AT_TARGET_SIZES
+                plan += [run_spec(r, x.name, target, n, size) for n in cut_points for x in AT_TARGET_SIZES
                          if x.name in t.names]
     return plan

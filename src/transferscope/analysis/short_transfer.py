@@ -26,7 +26,7 @@ from transferscope.record import RunRecord
 from transferscope.runner import Runner
 from transferscope.seeds import TrainingSeeds, derive_seed
 from transferscope.train import Budget, steps_per_epoch, train_network
-from transferscope.treatments import RunSpec, _spec, base_key
+from transferscope.treatments import RunSpec, base_key, run_spec
 
 #: the share of an AnB run's optimisation steps a short run takes
 FRACTION = 0.08
@@ -53,7 +53,7 @@ def short_budget(full: Budget, fraction: float, images: int, batch_size: int) ->
 
 def anb_spec(replicate: int, target: str, n: int) -> RunSpec:
     """The AnB run (frozen transfer, full target data) of ``replicate`` on ``target`` at cut point n."""
-    return _spec(replicate, "AnB", target, n)
+    return run_spec(replicate, "AnB", target, n)
 
 
 def short_transfer(runner: Runner, replicate: int, target: str, cuts: tuple[int, ...],
