@@ -103,6 +103,7 @@ def validate(vs: ValidationSet, work: Path) -> dict:
 
     from transferscope import load_config, run_study
     from transferscope.analysis.estimate import SCORES, estimate, score_correlations, short_cost
+    from transferscope.analysis.short_transfer import FRACTION as SHORT_FRACTION
     from transferscope.store import Store
 
     overrides = [*vs.data(), *vs.overrides, *COMMON]
@@ -119,7 +120,7 @@ def validate(vs: ValidationSet, work: Path) -> dict:
     if len(Store(out).records()) == before:
         study_s = 0.0  # nothing trained: the study was reused from the work folder
     start = time.perf_counter()
-    est = estimate(Store(out))
+    est = estimate(Store(out), short=SHORT_FRACTION)  # the opt-in short AnB too: it is validated here
     estimate_s = time.perf_counter() - start
     frame = Store(out).frame()
     references = reference_scores(out, est.scores)
@@ -174,7 +175,7 @@ def command(vs: ValidationSet) -> str:
     """The ``transferscope run`` command line of the set's study (data paths as placeholders)."""
     root = () if vs.data is fashion else ("data.root=DATA",)  # Fashion-MNIST: the Debian package's folder
     sets = " ".join(f"--set '{o}'" for o in (*root, *vs.overrides, *COMMON))
-    return f"transferscope run {vs.config or ''} {sets} -o DIR && transferscope estimate DIR".replace("  ", " ")
+    return f"transferscope run {vs.config or ''} {sets} -o DIR && transferscope estimate DIR --short 0.08".replace("  ", " ")
 
 
 def rho_text(s: dict) -> str:

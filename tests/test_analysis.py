@@ -879,21 +879,25 @@ def test_study_cka_tables(tiny_analysis) -> None:
 
 
 def test_estimate_scores_every_cut_point(tiny_study_dir, tiny_analysis) -> None:
-    from transferscope.analysis.estimate import estimate
+    from transferscope.analysis.estimate import Estimate, estimate
     from transferscope.report import format_estimate
 
     scores = tiny_analysis.tables["estimate"]
     assert len(scores) == 2 * 2 * 2  # replicates x targets x cut points
     assert set(scores["source"]) == {"A", "B"} and (scores["source"] != scores["target"]).all()
-    assert np.isfinite(scores[["logme", "h_score", "probe_top1", "stitch_top1", "short_top1"]].to_numpy()).all()
+    assert np.isfinite(scores[["logme", "h_score", "probe_top1", "stitch_top1"]].to_numpy()).all()
     assert scores["stitch_top1"].between(0, 1).all() and (scores["stitch_seconds"] > 0).all()
-    assert (scores["short_steps"] < scores["full_steps"]).all() and (scores["short_steps"] >= 1).all()
+    short = ["short_top1", "short_steps", "full_steps", "short_seconds"]
+    assert scores[short].isna().all().all()  # the short AnB is opt-in: the report trains none
     corr = tiny_analysis.tables["estimate_correlations"]
-    assert set(corr["score"]) == {"logme", "h_score", "probe_top1", "stitch_top1", "short_top1"} and (corr["cut_points"] == 2).all()
+    assert set(corr["score"]) == {"logme", "h_score", "probe_top1", "stitch_top1"} and (corr["cut_points"] == 2).all()
     assert corr["rho"].isna().all()  # a rank correlation over 2 cut points per replicate is undefined
-    again = estimate(tiny_study_dir, out=tiny_study_dir / "est.csv")  # the CLI's path: deterministic
-    timed = ["seconds", "stitch_seconds", "short_seconds"]
-    pd.testing.assert_frame_equal(again.scores.drop(columns=timed), scores.drop(columns=timed))
+    assert "short AnB" not in format_estimate(Estimate(scores, 2048, [])).splitlines()[0]  # no column
+    again = estimate(tiny_study_dir, short=0.08, out=tiny_study_dir / "est.csv")  # the CLI's path with --short
+    assert (again.scores["short_steps"] < again.scores["full_steps"]).all() and (again.scores["short_steps"] >= 1).all()
+    assert again.scores["short_top1"].between(0, 1).all()
+    timed = ["seconds", "stitch_seconds"]  # the rest is deterministic
+    pd.testing.assert_frame_equal(again.scores.drop(columns=timed + short), scores.drop(columns=timed + short))
     text = format_estimate(again)
     assert "LogME" in text and "conv1" in text and "short AnB" in text
 

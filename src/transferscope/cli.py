@@ -323,12 +323,12 @@ def estimate(
     directory: Annotated[Path, typer.Argument(help="A study's results directory with trained base networks.")],
     max_features: Annotated[int, typer.Option("--max-features", help="At most this many features per image; wider conv maps are average-pooled.")] = 2048,
     max_images: Annotated[int, typer.Option("--max-images", help="At most this many images per task part.")] = 5000,
-    short: Annotated[float, typer.Option("--short", min=0.0, max=1.0, help="The share of an AnB run's steps the short AnB trains (0: none).")] = 0.08,
+    short: Annotated[float, typer.Option("--short", min=0.0, max=1.0, help="Also train a short AnB for this share of an AnB run's steps (0.08 validated; weak on the validation sets). Default 0: none.")] = 0.0,
 ) -> None:
     """Predict the transfer curve without training it: LogME, H-score and a linear probe of each
     cut point of the base networks for the other task, a stitched base (layer n mapped linearly into
-    the target's own base network) and a short AnB (the AnB network trained for a fraction of its
-    steps); needs only the base networks. Prints how each score has tracked the
+    the target's own base network) and, with --short, a short AnB (the AnB network trained for a
+    fraction of its steps); needs only the base networks. Prints how each score has tracked the
     measured curve on the validation sets of docs/estimate.md."""
 
     from transferscope.analysis.estimate import estimate as estimate_curve

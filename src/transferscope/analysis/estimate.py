@@ -14,8 +14,10 @@ pooling), see :func:`~transferscope.analysis.networks.reduce_features`. The scor
 - a stitched base (:mod:`~transferscope.analysis.stitching`): layer n of baseS mapped linearly
   into baseT (ridge, fitted on T's training images) and baseT's own upper layers on top, scored as
   top-1 on T's test images (needs baseT's weights too),
-- a short AnB (:mod:`~transferscope.analysis.short_transfer`): the AnB network itself, trained for
-  a small fraction of its steps on the frozen features, scored as top-1 on T's test images.
+- on request (``short``), a short AnB (:mod:`~transferscope.analysis.short_transfer`): the AnB
+  network itself, trained for a small fraction of its steps on the frozen features, scored as
+  top-1 on T's test images. Opt-in: it tracked the measured curve weakly on the validation sets
+  (docs/estimate.md) at 2-3x the stitched base's cost.
 
 Only the base networks need to be trained, so this takes seconds to minutes (the short AnB runs,
 which train, are timed: ``short_seconds``). Where the study has
@@ -38,7 +40,6 @@ import pandas as pd
 from scipy import stats as sps
 
 from transferscope.analysis.networks import features_at, for_inference, load_network, part_images, weights_absence
-from transferscope.analysis.short_transfer import FRACTION as SHORT_FRACTION
 from transferscope.analysis.short_transfer import short_transfer
 from transferscope.analysis.stitching import stitch_scores
 from transferscope.analysis.transferability import h_score, linear_probe, logme
@@ -79,12 +80,13 @@ def _study(store: Store, study):
 
 
 def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2048, max_images: int | None = 5000,
-             device: str = "cpu", short: float | None = SHORT_FRACTION, out: str | Path | None = None,
+             device: str = "cpu", short: float | None = None, out: str | Path | None = None,
              on_step: Callable[[int, int], None] | None = None) -> Estimate:
     """Score every cut point of a study whose base networks are trained (a study run with
     ``treatments.names = ["base"]`` is enough). ``max_images`` caps the images of each part (train,
     validation, test) of each task (a seeded subset) for LogME, H-score and the probe. ``short``:
-    the share of an AnB run's steps its short run trains (None: no short runs); they run with the
+    the share of an AnB run's steps its short run trains (None, the default: no short runs, its
+    columns NaN; :data:`~transferscope.analysis.short_transfer.FRACTION` is the validated share); they run with the
     study's ``execution.threads``, as its own runs did, so their seconds compare with the runs'.
     With ``out``, the table is also written there as CSV. ``on_step(done, total)`` is called after
     each (replicate, target)."""
@@ -213,6 +215,13 @@ def validation(path: Path | None = None) -> list[Validated]:
     return out
 
 
+def computed(scores: pd.DataFrame, labels: dict[str, str] | None = None) -> dict[str, str]:
+    """The scores of ``labels`` (column -> name, default :data:`SCORES`) that ``scores`` has a value
+    of: the short AnB only where it was asked for."""
+    labels = SCORES if labels is None else labels
+    return {col: label for col, label in labels.items() if col in scores and scores[col].notna().any()}
+
+
 def score_correlations(scores: pd.DataFrame, frame: pd.DataFrame, labels: dict[str, str] | None = None) -> pd.DataFrame:
     """Spearman rank correlation of each score (``labels``: column -> name, default :data:`SCORES`)
     with the measured AnB top-1 across cut points.
@@ -222,9 +231,10 @@ def score_correlations(scores: pd.DataFrame, frame: pd.DataFrame, labels: dict[s
     replicates with a 95% Student-t interval over replicates truncated to [-1, 1]; the replicate is
     the independent unit. ``rho_means``: between the mean score and the mean measured accuracy at
     each n (the shape of the curve), with an exact permutation p-value. NaN where fewer than 3 cut
-    points or a constant series."""
+    points or a constant series. A score not computed (every value NaN: the short AnB unless asked
+    for) has no row."""
     joined = scores.merge(measured_transfer(frame), on=["replicate", "target", "n"], how="inner")
-    labels = SCORES if labels is None else labels
+    labels = computed(scores, labels)
     per_rep = joined.groupby(["replicate", "n"], as_index=False)[[*labels, "measured"]].mean()
     rows = []
     for col, label in labels.items():

@@ -20,7 +20,7 @@ from transferscope.stats import (
     summarize,
     width_note,
 )
-from transferscope.analysis.estimate import SCORES, TRUSTED_RHO, Estimate, validation
+from transferscope.analysis.estimate import SCORES, TRUSTED_RHO, Estimate, computed, validation
 from transferscope.report.text import MISSING, ci_text, markdown_table, number
 
 SECTIONS = ("accuracy", "relative", "decomposition")
@@ -127,14 +127,15 @@ def write_tables(
 def format_estimate(result: Estimate) -> str:
     """The mean of each score per target and cut point, as aligned text (for the CLI)."""
     s = result.scores
+    short = "short_top1" in computed(s)  # opt-in: no column where it was not asked for
     header = (f"{'target':<7}{'source':<7}{'n':>3}  {'layer':<10}{'features':>9}{'LogME':>10}{'H-score':>10}"
-              f"{'probe top-1':>13}{'stitched':>10}{'short AnB':>11}")
+              f"{'probe top-1':>13}{'stitched':>10}" + (f"{'short AnB':>11}" if short else ""))
     lines = [header]
     agg = s.groupby(["target", "source", "n", "layer", "features"], as_index=False)[list(SCORES)].mean()
     for row in agg.itertuples():
         lines.append(f"{row.target:<7}{row.source:<7}{row.n:>3}  {row.layer:<10}{row.features:>9}"
                      f"{number(row.logme, digits=4):>10}{number(row.h_score):>10}{number(row.probe_top1):>13}"
-                     f"{number(row.stitch_top1):>10}{number(row.short_top1):>11}")
+                     f"{number(row.stitch_top1):>10}" + (f"{number(row.short_top1):>11}" if short else ""))
     reps = s["replicate"].nunique()
     lines.append(f"means over {reps} replicate(s); features of layer n of the source base network on the target's "
                  f"images (at most {result.max_features} per image, wider conv maps average-pooled)")
