@@ -330,7 +330,8 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
     measured = measured_transfer(frame)
     corr = score_correlations(scores, frame)
     analysis.tables.update(estimate=scores, estimate_correlations=corr)
-    analysis.figures.append(save(plot_estimates(scores, measured, computed(scores), title), out / "estimate.png"))
+    shown = computed(scores)  # the short AnB only where it was asked for
+    analysis.figures.append(save(plot_estimates(scores, measured, shown, title), out / "estimate.png"))
     seconds = float(scores["seconds"].sum())
     short_s, anb_s = short_cost(scores, frame)
     fraction = scores["short_steps"] / scores["full_steps"]
@@ -357,16 +358,18 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
                      f"compressed to the shorter run, on the frozen layers' outputs computed once: {cost} (wall time, "
                      "the study's threads per run).\n")
     else:
+        short_v = next((v for v in validation() if v.score == "short_top1"), None)
         lines.append("Not computed here: the short AnB (the AnB network trained for a few % of its steps; "
-                     "`transferscope estimate DIR --short 0.08`), which tracked the measured curve weakly on the "
-                     "validation sets of docs/estimate.md.\n")
+                     "`transferscope estimate DIR --short 0.08`)"
+                     + (f", weak on {len(short_v.weak_on)} of {len(short_v.rhos)} validation sets of docs/estimate.md"
+                        if short_v and short_v.weak_on else "") + ".\n")
     lines.append("![Measured AnB test top-1 and each score against the cut point (mean and 95% CI over replicates, "
                  "each the mean of its directions)](estimate.png)\n")
     agg = scores.groupby(["n", "layer"], as_index=False).agg(
         features=("features", "max"), logme=("logme", "mean"), h_score=("h_score", "mean"),
         probe=("probe_top1", "mean"), stitch=("stitch_top1", "mean"), short=("short_top1", "mean"))
     meas = measured.groupby("n")["measured"].mean() if not measured.empty else pd.Series(dtype=float)
-    short = "short_top1" in computed(scores)  # opt-in (``transferscope estimate --short``)
+    short = "short_top1" in shown
     rows = [[f"{r.n} {r.layer}", str(r.features), number(r.logme, digits=4), number(r.h_score), number(r.probe),
              number(r.stitch), *([number(r.short)] if short else []),
              number(meas[r.n]) if r.n in meas.index else MISSING]
@@ -395,7 +398,7 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
             lines.append(f"Weak in this study (mean rho below {TRUSTED_RHO}, or undefined): {', '.join(weak)}. Their "
                          "ranking of the cut points is not a reason to freeze or copy a layer here; the measured curve "
                          "is.\n")
-        validated = [v for v in validation() if v.weak_on and v.score in computed(scores)]
+        validated = [v for v in validation() if v.weak_on and v.score in shown]
         if validated:
             lines.append("On the validation sets of docs/estimate.md, weak on some: " + "; ".join(
                 f"{v.label} on {', '.join(v.weak_on)}" for v in validated) + ". No recommendation in this report rests "
