@@ -102,7 +102,7 @@ def validate(vs: ValidationSet, work: Path) -> dict:
     import torch
 
     from transferscope import load_config, run_study
-    from transferscope.analysis.estimate import SCORES, estimate, score_correlations, short_cost
+    from transferscope.analysis.estimate import SCORES, estimate, score_correlations, score_cost
     from transferscope.analysis.short_transfer import FRACTION as SHORT_FRACTION
     from transferscope.store import Store
 
@@ -125,7 +125,8 @@ def validate(vs: ValidationSet, work: Path) -> dict:
     frame = Store(out).frame()
     references = reference_scores(out, est.scores)
     corr = score_correlations(references, frame, {**SCORES, **REFERENCES})
-    short_s, anb_s = short_cost(est.scores, frame)
+    short_s, anb_s = score_cost(est.scores, frame)
+    stitch_s, stitch_anb_s = score_cost(est.scores, frame, "stitch_seconds")
     base_s = float(frame.loc[frame["role"] == "base", "wall_time_s"].sum())
     log(f"{vs.name}: study {study_s:.0f} s, estimate {estimate_s:.0f} s")
     scores = {}
@@ -136,7 +137,7 @@ def validate(vs: ValidationSet, work: Path) -> dict:
     return {"name": vs.name, "description": vs.description,
             "command": command(vs), "scores": scores,
             "short_fraction": float((est.scores["short_steps"] / est.scores["full_steps"]).mean()),
-            "short_s": short_s, "anb_s": anb_s, "stitch_s": float(est.scores["stitch_seconds"].sum()),
+            "short_s": short_s, "anb_s": anb_s, "stitch_s": stitch_s, "stitch_anb_s": stitch_anb_s,
             "base_s": base_s, "study_s": study_s, "estimate_s": estimate_s}
 
 
@@ -150,6 +151,7 @@ def reference_scores(out: Path, scores):
     """``scores`` with the columns of :data:`REFERENCES`: every AnB run of the study re-run from
     other seeds (initialisation, data order, augmented views; the same frozen layers and budget), its
     test top-1; and -n."""
+    from transferscope.analysis.estimate import measured_transfer
     from transferscope.analysis.short_transfer import short_transfer
     from transferscope.atomic import atomic_write
     from transferscope.precision import torch_threads
@@ -162,8 +164,9 @@ def reference_scores(out: Path, scores):
     runner, records = Runner(study, store.load_weights), {r.key: r for r in store.records()}
     cache = out / "retest.json"  # the re-runs cost as much as the AnB runs: trained once per study
     again = {tuple(k): v for k, v in json.loads(cache.read_text())} if cache.exists() else {}
+    measured = measured_transfer(store.frame())[["replicate", "target"]].drop_duplicates()  # what AnB measured
     with torch_threads(study.config.execution.threads):
-        for r, target in scores[["replicate", "target"]].drop_duplicates().itertuples(index=False):
+        for r, target in measured.itertuples(index=False):
             if all((int(r), str(target), int(n)) in again for n in study.cut_points):
                 continue
             for run in short_transfer(runner, r, target, tuple(study.cut_points), records, (1.0,), views=None,
@@ -195,7 +198,8 @@ def table(results: list[dict]) -> str:
     rows = []
     for r in results:
         cost = f"{r['short_s'] / r['anb_s']:.1%}" if r["anb_s"] else "-"
-        stitch = f"{r['stitch_s'] / r['anb_s']:.1%}" if r["anb_s"] and "stitch_s" in r else "-"
+        stitch_anb = r.get("stitch_anb_s", r["anb_s"])
+        stitch = f"{r['stitch_s'] / stitch_anb:.1%}" if stitch_anb and "stitch_s" in r else "-"
         rows.append([r["name"], *(rho_text(r["scores"][k]) if k in r["scores"] else "-" for k in labels),
                      *(f"{r['scores'][k]['rho_means']:+.2f}" if k in r["scores"] and
                        math.isfinite(r["scores"][k]["rho_means"]) else "-" for k in labels), cost, stitch])

@@ -964,13 +964,51 @@ def test_a_network_stitched_to_itself_scores_its_own_accuracy(tiny_study_dir) ->
     study = Study.open(store)
     net = for_inference(load_network(store, study, "r0-baseB", 0, "B"))
     task = study.task(0, "B")
-    (xtr, _), (xte, yte) = part_images(task.train), part_images(task.test)
+    (xtr, ytr), (xte, yte) = part_images(task.train), part_images(task.test)
     own = torch.cat([outs[-1] for outs in layer_outputs(net, xte, task)]).argmax(1)
     accuracy = float((own == yte).float().mean())
-    scores = stitch_scores(net, net, task, xtr, xte, yte, tuple(study.cut_points), ridge=1e-10)
+    scores = stitch_scores(net, net, task, xtr, ytr, xte, yte, tuple(study.cut_points), study.config.train,
+                           epochs=0, ridge=1e-10)
     assert set(scores) == set(study.cut_points)
     for n, top1 in scores.items():
         assert abs(top1 - accuracy) <= 1 / len(yte) + 1e-12, (n, top1, accuracy)
+
+
+def test_fine_tuning_a_stitch_trains_a_copy_of_the_target_top(tiny_study_dir) -> None:
+    """The stitch from an untrained network into baseB, fine-tuned: its training loss falls from
+    the first epoch to the last, the BatchNorm statistics are those of the mapped outputs, and
+    baseB itself is left as it was (the top is a copy)."""
+    from transferscope.analysis.networks import layer_outputs, load_network, part_images, random_network
+    from transferscope.analysis.stitching import Stitch, StitchedTop, fine_tune, recompute_batchnorm, rows
+    from transferscope.precision import Numerics
+    from transferscope.store import Store
+    from transferscope.study import Study
+
+    store = Store(tiny_study_dir)
+    study = Study.open(store)
+    own = load_network(store, study, "r0-baseB", 0, "B")
+    before = {k: v.clone() for k, v in own.state_dict().items()}
+    source = random_network(study, 0, "A", seed=3)
+    task = study.task(0, "B")
+    x, y = part_images(task.train)
+    hs = torch.cat([outs[0] for outs in layer_outputs(source, x, task, 1)])
+    ht = torch.cat([outs[0] for outs in layer_outputs(own, x, task, 1)])
+    stitch = Stitch()
+    stitch.add(rows(hs), rows(ht))
+    model = StitchedTop(stitch.fit(), own.blocks[1:])
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms  # the tiny convnet's conv block has BatchNorm
+    whole = hs[: len(hs) // 7 * 7]  # equal batches: their average of batch means is the mean
+    recompute_batchnorm(model, whole, batch_size=7)
+    with torch.no_grad():  # the statistics of what the first BatchNorm sees: the mapped outputs, through conv2
+        conv = model.top[0][0](stitch(whole))
+    torch.testing.assert_close(norms[0].running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    cfg = study.config.train.model_copy(update={"lr": study.config.train.lr * 10})  # a tiny set: few steps
+    losses = fine_tune(model, hs, y, cfg, epochs=6, numerics=Numerics(torch.device("cpu"), None, True), seed=0)
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses
+    assert not model.training
+    for k, v in own.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
 def test_a_short_budget_keeps_the_plateau_drops_at_the_same_fractions() -> None:

@@ -327,7 +327,7 @@ def estimate(
 ) -> None:
     """Predict the transfer curve without training it: LogME, H-score and a linear probe of each
     cut point of the base networks for the other task, a stitched base (layer n mapped linearly into
-    the target's own base network) and, with --short, a short AnB (the AnB network trained for a
+    the target's own base network, fine-tuned for one epoch) and, with --short, a short AnB (the AnB network trained for a
     fraction of its steps); needs only the base networks. Prints how each score has tracked the
     measured curve on the validation sets of docs/estimate.md."""
 

@@ -12,8 +12,9 @@ pooling), see :func:`~transferscope.analysis.networks.reduce_features`. The scor
 - a ridge linear probe trained on T's training images, its ridge chosen on T's validation images,
   scored as top-1 on T's test images,
 - a stitched base (:mod:`~transferscope.analysis.stitching`): layer n of baseS mapped linearly
-  into baseT (ridge, fitted on T's training images) and baseT's own upper layers on top, scored as
-  top-1 on T's test images (needs baseT's weights too),
+  into baseT (ridge, fitted on T's training images), baseT's own upper layers on top, the map and
+  those layers fine-tuned for one epoch on T's training images, scored as top-1 on T's test
+  images (needs baseT's weights too),
 - on request (``short``), a short AnB (:mod:`~transferscope.analysis.short_transfer`): the AnB
   network itself, trained for a small fraction of its steps on the frozen features, scored as
   top-1 on T's test images. Opt-in: it tracked the measured curve weakly on the validation sets
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats as sps
 
 from transferscope.analysis.networks import features_at, for_inference, load_network, part_images, weights_absence
@@ -44,7 +46,7 @@ from transferscope.analysis.short_transfer import short_transfer
 from transferscope.analysis.stitching import stitch_scores
 from transferscope.analysis.transferability import h_score, linear_probe, logme
 from transferscope.errors import UserError
-from transferscope.precision import torch_threads
+from transferscope.precision import Numerics, torch_threads
 from transferscope.runner import Runner
 from transferscope.stats import DIFFERENCE_BOUNDS, mean_ci
 from transferscope.store import Store
@@ -95,6 +97,7 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
     cuts = tuple(study.cut_points)
     frame = store.frame()
     runner = Runner(study, store.load_weights) if short else None
+    numerics = Numerics.resolve(study.config.train, torch.device(device))
     records = {r.key: r for r in store.records()} if short else {}
     rows, notes, absent = [], [], {}
     for r in range(study.config.treatments.replicates):
@@ -116,10 +119,11 @@ def estimate(directory: str | Path | Store, *, study=None, max_features: int = 2
             stitched, stitch_s = dict.fromkeys(cuts, math.nan), math.nan
             if not weights_absence(store, frame, base_key(r, target)):
                 start = time.perf_counter()
-                own = for_inference(load_network(store, study, base_key(r, target), r, target, device))
+                own = load_network(store, study, base_key(r, target), r, target, device)
                 with torch_threads(study.config.execution.threads):  # as the AnB runs it predicts
                     test_x, test_y = part_images(task.test, STITCH_TEST_IMAGES, seed=r)
-                    stitched = stitch_scores(net, own, task, images["train"][0], test_x, test_y, cuts, seed=r)
+                    stitched = stitch_scores(net, own, task, *images["train"], test_x, test_y, cuts,
+                                             study.config.train, numerics=numerics, seed=r)
                 stitch_s = (time.perf_counter() - start) / len(cuts)
             shorts = {}
             if runner is not None:
@@ -161,20 +165,21 @@ def measured_transfer(frame: pd.DataFrame) -> pd.DataFrame:
     return runs.groupby(["replicate", "target", "n"], as_index=False)["measured"].mean()
 
 
-def short_cost(scores: pd.DataFrame, frame: pd.DataFrame) -> tuple[float, float]:
-    """Seconds of the short AnB runs, and the recorded wall time of the AnB runs they predict (the
-    same replicates, targets and cut points; both with the study's ``execution.threads``): NaN
-    where none of them is recorded."""
-    if "short_seconds" not in scores or scores["short_seconds"].isna().all() or frame.empty:
+def score_cost(scores: pd.DataFrame, frame: pd.DataFrame, column: str = "short_seconds") -> tuple[float, float]:
+    """Seconds a score took (``column``: ``short_seconds`` or ``stitch_seconds``), and the recorded
+    wall time of the AnB runs it predicts, both over the (replicate, target, n) that have a recorded
+    AnB run (a study may run one direction only; both with the study's ``execution.threads``): NaN
+    where there are none."""
+    if column not in scores or scores[column].isna().all() or frame.empty:
         return math.nan, math.nan
     sel = (frame["status"] == "done") & (frame["role"] == "transfer")
     if "target_size" in frame:
         sel &= frame["target_size"].isna()
     runs = frame.loc[sel, ["replicate", "target", "n", "wall_time_s"]]
-    joined = scores.dropna(subset=["short_seconds"]).merge(runs, on=["replicate", "target", "n"], how="inner")
+    joined = scores.dropna(subset=[column]).merge(runs, on=["replicate", "target", "n"], how="inner")
     if joined.empty:
         return math.nan, math.nan
-    return float(joined["short_seconds"].sum()), float(joined["wall_time_s"].sum())
+    return float(joined[column].sum()), float(joined["wall_time_s"].sum())
 
 
 #: a score whose mean per-replicate rank correlation with measured AnB falls below this on a

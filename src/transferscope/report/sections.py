@@ -31,13 +31,12 @@ import transferscope.analysis.convergence as conv
 import transferscope.analysis.recommend as rec
 from transferscope.analysis.cache import AnalysisCache, Entry, Inputs, snapshot, written_since
 from transferscope.analysis.estimate import (
-    SCORES,
     TRUSTED_RHO,
     computed,
     estimate,
     measured_transfer,
     score_correlations,
-    short_cost,
+    score_cost,
     validation,
 )
 from transferscope.analysis.filters import study_filters
@@ -333,7 +332,7 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
     shown = computed(scores)  # the short AnB only where it was asked for
     analysis.figures.append(save(plot_estimates(scores, measured, shown, title), out / "estimate.png"))
     seconds = float(scores["seconds"].sum())
-    short_s, anb_s = short_cost(scores, frame)
+    short_s, anb_s = score_cost(scores, frame)
     fraction = scores["short_steps"] / scores["full_steps"]
     lines = [
         ("Scores of the frozen features an AnB network gets (layer n of the source base network, on the target "
@@ -347,9 +346,10 @@ def _estimate_section(store: Store, study, frame: pd.DataFrame, out: Path, title
     ]
     if scores["stitch_top1"].notna().any():
         lines.append("The stitched base maps layer n of the source base network linearly into the target's own base "
-                     "network (a 1x1 map of channels on conv maps, ridge regression on the training images) and runs "
-                     "the target base network's layers n+1..L on it: its test top-1 estimates the AnB accuracy "
-                     f"itself (Lenc & Vedaldi 2015), in {scores['stitch_seconds'].sum():.1f} s.\n")
+                     "network (a 1x1 map of channels on conv maps, ridge regression on the training images), runs "
+                     "the target base network's layers n+1..L on it, and fine-tunes the map and those layers for "
+                     "one epoch on the training images: its test top-1 estimates the AnB accuracy itself "
+                     f"(Lenc & Vedaldi 2015; Bansal et al. 2021), in {scores['stitch_seconds'].sum():.1f} s.\n")
     if fraction.notna().any():
         cost = (f"{short_s:.1f} s, {short_s / anb_s:.1%} of the {anb_s:.1f} s the AnB runs it predicts took"
                 if math.isfinite(anb_s) and anb_s > 0 else f"{scores['short_seconds'].sum():.1f} s")
