@@ -21,8 +21,9 @@ retrains those blocks; the short fine-tuning closes most of that gap (docs/estim
 short AnB, whose re-initialised deep tops of low cut points are further from their end after a few
 steps than the shallow tops of high ones, every cut point starts from a trained top.
 
-Cost: per cut point, one forward pass of each base network over T's training images (layers
-1..n), one epoch of layers n+1..L, and a forward pass over the test images.
+Cost: one forward pass of each base network over T's training images and of the source over the
+test images (every cut point's outputs from the same pass), then per cut point one pass of layers
+n+1..L for the BatchNorm statistics and one epoch of them.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ MAX_ROWS = 50_000
 EPOCHS = 1
 #: their learning rate, relative to the study's ``train.lr`` (a trained top is fine-tuned, not trained)
 LR_SCALE = 0.1
-#: memory for one cut point's source outputs on the training images, at most (fewer images beyond)
+#: memory for the source's outputs on the training images at every cut point, at most (fewer images beyond)
 MAX_BYTES = 2 * 2**30
 
 
@@ -97,9 +98,14 @@ class Stitch:
         """The mapped layer output (the shape of ``source``, the target's channels)."""
         if self.weight is None:
             raise ValueError("fit the stitch first")
-        out = rows(source.float()) @ self.weight[:-1] + self.weight[-1]
-        out = out.clamp_min(0) if self.nonnegative else out
-        return unrows(out, source)
+        return apply_map(source.float(), self.weight, self.nonnegative)
+
+
+def apply_map(source: torch.Tensor, weight: torch.Tensor, nonnegative: bool) -> torch.Tensor:
+    """``source``'s channels mapped by ``weight`` ((C_S + 1, C_T): the map, then the bias row),
+    clipped at 0 where ``nonnegative``; shaped like ``source``."""
+    out = rows(source) @ weight[:-1].to(source.dtype) + weight[-1].to(source.dtype)
+    return unrows(out.clamp_min(0) if nonnegative else out, source)
 
 
 class StitchedTop(nn.Module):
@@ -114,8 +120,7 @@ class StitchedTop(nn.Module):
         self.top = nn.Sequential(*copy.deepcopy(list(top)))
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
-        h = rows(source) @ self.map[:-1].to(source.dtype) + self.map[-1].to(source.dtype)
-        h = unrows(h.clamp_min(0) if self.nonnegative else h, source)
+        h = apply_map(source, self.map, self.nonnegative)
         if h.dim() == 4:
             h = h.contiguous(memory_format=torch.channels_last)
         return self.top(h)
@@ -202,18 +207,19 @@ def stitch_scores(source: CutNet, target: CutNet, task: Task, train_x: torch.Ten
                     pick = torch.randperm(len(xs), generator=g)[:rows_kept]
                     xs, xt = xs[pick], xt[pick]
                 stitches[n].add(xs, xt)
-                kept[n].append(outs_s[n - 1][mask].to(keep_dtype))
+                if epochs:  # the fine-tuning's inputs
+                    kept[n].append(outs_s[n - 1][mask].to(keep_dtype))
     models = {}
     for n in cuts:
-        inputs = torch.cat(kept.pop(n))
-        if inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
         models[n] = StitchedTop(stitches[n].fit(), target.blocks[n:])
         if epochs:
+            inputs = torch.cat(kept.pop(n))
+            if inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with numerics.autocast():
                 recompute_batchnorm(models[n], inputs, batch_size)
             fine_tune(models[n], inputs, train_y[keep], train, epochs, numerics, seed=seed * 1000 + n)
-        del inputs
+            del inputs
     correct, start = dict.fromkeys(cuts, 0), 0
     with torch.no_grad(), numerics.autocast():
         for outs in layer_outputs(source, test_x, task, upto, batch_size):
