@@ -1002,9 +1002,14 @@ def test_fine_tuning_a_stitch_trains_a_copy_of_the_target_top(tiny_study_dir) ->
     recompute_batchnorm(model, whole, batch_size=7)
     with torch.no_grad():  # the statistics of what the first BatchNorm sees: the mapped outputs, through conv2
         conv = model.top[0][0](stitch(whole))
+    # float32 both ways; the two passes differ only in memory layout (the model's is channels-last) and
+    # summation order, which move a mean by ~1e-6 relative on any kernel; a wrong statistic (the old
+    # running mean, a momentum-weighted one) is off by far more than 1e-4
     torch.testing.assert_close(norms[0].running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     cfg = study.config.train.model_copy(update={"lr": study.config.train.lr * 10})  # a tiny set: few steps
     losses = fine_tune(model, hs, y, cfg, epochs=6, numerics=Numerics(torch.device("cpu"), None, True), seed=0)
+    # measured 1.07 -> 0.08 (AMD EPYC, float32): the 0.9 bound is far from any kernel's rounding,
+    # and a step that does not train (zero learning rate, frozen parameters) fails it
     assert len(losses) == 6 and losses[-1] < 0.9 * losses[0], losses
     assert not model.training
     for k, v in own.state_dict().items():
